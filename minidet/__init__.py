@@ -1,0 +1,2 @@
+"""minidet: a minimal object-detection framework."""
+__version__ = "0.1.0"

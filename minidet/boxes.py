@@ -1,0 +1,209 @@
+"""Box geometry: format conversion, areas, and the IoU family (IoU, GIoU, DIoU, CIoU).
+
+Boxes are ``[..., 4]`` tensors; xyxy (x1, y1, x2, y2) in absolute pixels unless stated.
+Every IoU-type function exists in two forms:
+
+- pairwise: ``box_iou(a [N,4], b [M,4]) -> [N,M]`` (every box of a against every box of b),
+- aligned:  ``aligned_box_iou(a [N,4], b [N,4]) -> [N]`` (row i of a against row i of b);
+  the regression losses use these.
+
+Both forms share one implementation on broadcastable inputs, so they cannot drift apart.
+Degenerate boxes are safe: a zero union (two zero-area boxes) gives IoU 0 rather than NaN,
+and the enclosing-box terms of GIoU/DIoU are guarded the same way, so values and gradients
+stay finite. Half-precision inputs are computed in float32 (areas overflow float16) and the
+result is cast back to the input dtype. Formulas follow torchvision.ops (DIoU/CIoU use the
+same ``eps = 1e-7`` in the enclosing-diagonal term), so values agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "box_convert",
+    "box_area",
+    "box_iou",
+    "generalized_box_iou",
+    "distance_box_iou",
+    "complete_box_iou",
+    "aligned_box_iou",
+    "aligned_generalized_box_iou",
+    "aligned_distance_box_iou",
+    "aligned_complete_box_iou",
+    "clip_boxes_to_image",
+    "box_centers",
+]
+
+_FORMATS = ("xyxy", "xywh", "cxcywh")
+_EPS = 1e-7
+
+
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert boxes [..., 4] between 'xyxy', 'xywh' (x, y, w, h) and 'cxcywh'."""
+    for fmt in (in_fmt, out_fmt):
+        if fmt not in _FORMATS:
+            raise ValueError(f"unknown box format {fmt!r}; choose one of {_FORMATS}")
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    a, b, c, d = boxes.unbind(-1)
+    if in_fmt == "xywh":
+        x1, y1, x2, y2 = a, b, a + c, b + d
+    elif in_fmt == "cxcywh":
+        x1, y1, x2, y2 = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+    else:
+        x1, y1, x2, y2 = a, b, c, d
+    if out_fmt == "xyxy":
+        out = (x1, y1, x2, y2)
+    elif out_fmt == "xywh":
+        out = (x1, y1, x2 - x1, y2 - y1)
+    else:
+        out = ((x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1)
+    return torch.stack(out, dim=-1)
+
+
+def box_centers(boxes: Tensor) -> Tensor:
+    """Centres [..., 2] (cx, cy) of xyxy boxes [..., 4]."""
+    return (boxes[..., :2] + boxes[..., 2:]) * 0.5
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area [...] of xyxy boxes [..., 4]; float16/bfloat16 inputs give float32 areas."""
+    boxes = _upcast(boxes)
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip xyxy boxes [..., 4] to an image of (height, width)."""
+    h, w = size
+    x = boxes[..., 0::2].clamp(min=0, max=w)
+    y = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+# ----------------------------------------------------------------------------- pairwise
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of every pair: boxes1 [N,4], boxes2 [M,4] (xyxy) -> [N,M]."""
+    return _iou_family(*_pairwise(boxes1, boxes2), "iou")
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU = IoU - |C \\ (A u B)| / |C| of every pair: [N,4] x [M,4] -> [N,M], in [-1, 1]."""
+    return _iou_family(*_pairwise(boxes1, boxes2), "giou")
+
+
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """DIoU = IoU - rho^2 / c^2 of every pair: [N,4] x [M,4] -> [N,M]."""
+    return _iou_family(*_pairwise(boxes1, boxes2), "diou")
+
+
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """CIoU = DIoU - alpha v of every pair: [N,4] x [M,4] -> [N,M] (alpha not differentiated)."""
+    return _iou_family(*_pairwise(boxes1, boxes2), "ciou")
+
+
+# ------------------------------------------------------------------------------ aligned
+
+
+def aligned_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of row i of boxes1 [...,4] with row i of boxes2 [...,4] -> [...]."""
+    return _iou_family(*_aligned(boxes1, boxes2), "iou")
+
+
+def aligned_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Element-wise GIoU: [...,4] x [...,4] -> [...]."""
+    return _iou_family(*_aligned(boxes1, boxes2), "giou")
+
+
+def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Element-wise DIoU: [...,4] x [...,4] -> [...]."""
+    return _iou_family(*_aligned(boxes1, boxes2), "diou")
+
+
+def aligned_complete_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Element-wise CIoU: [...,4] x [...,4] -> [...] (alpha not differentiated)."""
+    return _iou_family(*_aligned(boxes1, boxes2), "ciou")
+
+
+# ------------------------------------------------------------------------- shared core
+
+
+def _upcast(t: Tensor) -> Tensor:
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t.float()
+
+
+def _check(boxes: Tensor, name: str) -> None:
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have a last dimension of 4 (xyxy), got {tuple(boxes.shape)}")
+
+
+def _pairwise(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+    _check(boxes1, "boxes1")
+    _check(boxes2, "boxes2")
+    if boxes1.dim() != 2 or boxes2.dim() != 2:
+        raise ValueError("pairwise IoU expects [N,4] and [M,4]; use aligned_* for batched rows")
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    return _upcast(boxes1)[:, None, :], _upcast(boxes2)[None, :, :], dtype
+
+
+def _aligned(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+    _check(boxes1, "boxes1")
+    _check(boxes2, "boxes2")
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(
+            f"aligned IoU needs equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    return _upcast(boxes1), _upcast(boxes2), dtype
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, with 0 where den == 0 (and a finite gradient there)."""
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+
+
+def _iou_family(b1: Tensor, b2: Tensor, out_dtype: torch.dtype, kind: str) -> Tensor:
+    """IoU / GIoU / DIoU / CIoU of broadcastable xyxy boxes b1, b2 [..., 4]."""
+    if b1.dtype != b2.dtype:
+        common = torch.promote_types(b1.dtype, b2.dtype)
+        b1, b2 = b1.to(common), b2.to(common)
+    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
+    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
+    lt = torch.maximum(b1[..., :2], b2[..., :2])
+    rb = torch.minimum(b1[..., 2:], b2[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - inter
+    iou = _safe_div(inter, union)
+    if kind == "iou":
+        return iou.to(out_dtype)
+
+    lt_c = torch.minimum(b1[..., :2], b2[..., :2])
+    rb_c = torch.maximum(b1[..., 2:], b2[..., 2:])
+    wh_c = (rb_c - lt_c).clamp(min=0)
+    if kind == "giou":
+        area_c = wh_c[..., 0] * wh_c[..., 1]
+        return (iou - _safe_div(area_c - union, area_c)).to(out_dtype)
+
+    diag_sq = wh_c[..., 0] ** 2 + wh_c[..., 1] ** 2 + _EPS
+    ctr1 = (b1[..., :2] + b1[..., 2:]) * 0.5
+    ctr2 = (b2[..., :2] + b2[..., 2:]) * 0.5
+    dist_sq = ((ctr1 - ctr2) ** 2).sum(-1)
+    diou = iou - dist_sq / diag_sq
+    if kind == "diou":
+        return diou.to(out_dtype)
+
+    w1, h1 = b1[..., 2] - b1[..., 0], b1[..., 3] - b1[..., 1]
+    w2, h2 = b2[..., 2] - b2[..., 0], b2[..., 3] - b2[..., 1]
+    # atan(w / h) with h clamped away from 0 so zero-height boxes stay finite.
+    v = (4 / math.pi**2) * (torch.atan(w1 / h1.clamp(min=_EPS)) - torch.atan(w2 / h2.clamp(min=_EPS))) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + _EPS)
+    return (diou - alpha * v).to(out_dtype)

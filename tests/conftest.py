@@ -1,0 +1,18 @@
+"""Shared pytest fixtures and helpers."""
+
+import pytest
+import torch
+
+
+def random_boxes(n: int, generator: torch.Generator, scale: float = 100.0,
+                 max_size: float = 50.0, dtype: torch.dtype = torch.float32,
+                 min_size: float = 0.01) -> torch.Tensor:
+    """n valid xyxy boxes [n, 4] with width and height in [min_size, min_size + max_size)."""
+    xy = torch.rand(n, 2, generator=generator, dtype=torch.float64) * scale
+    wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * max_size + min_size
+    return torch.cat([xy, xy + wh], dim=1).to(dtype)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
