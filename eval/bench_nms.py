@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 import torchvision.ops as tvo
@@ -79,9 +80,9 @@ def main() -> None:
                 scores = torch.rand(n, generator=g).to(device)
                 idxs = torch.randint(0, args.classes, (n,), generator=g).to(device)
                 cases = [
-                    ("nms", lambda: nms(boxes, scores, args.iou), lambda: tvo.nms(boxes, scores, args.iou)),
-                    ("batched_nms", lambda: batched_nms(boxes, scores, idxs, args.iou),
-                     lambda: tvo.batched_nms(boxes, scores, idxs, args.iou)),
+                    ("nms", partial(nms, boxes, scores, args.iou), partial(tvo.nms, boxes, scores, args.iou)),
+                    ("batched_nms", partial(batched_nms, boxes, scores, idxs, args.iou),
+                     partial(tvo.batched_nms, boxes, scores, idxs, args.iou)),
                 ]
                 for op, ours, ref in cases:
                     kept, ref_kept = ours(), ref()
