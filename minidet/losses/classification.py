@@ -1,0 +1,163 @@
+"""Classification losses: cross-entropy (softmax and binary), focal (sigmoid and softmax),
+YOLO v1's sum-squared error on probabilities, and the multi-class hinge (SVM) loss.
+
+Every function takes ``weight`` (per element, broadcastable to the unreduced loss) and
+``reduction`` in {"none", "sum", "mean"}; inputs in float16/bfloat16 are computed in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .reduction import as_float32, reduce_loss
+
+__all__ = [
+    "softmax_cross_entropy",
+    "binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+    "yolo_sse",
+    "multiclass_hinge_loss",
+]
+
+
+def _check_class_targets(logits: Tensor, targets: Tensor) -> None:
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected logits [N, C] and integer targets [N], got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+
+
+def softmax_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -1,
+) -> Tensor:
+    """-log softmax(logits)[target]. logits [N, C], targets [N] int64 -> [N] or scalar.
+
+    Computed as logsumexp(x) - x[target] (stable for any logit size). Entries whose target
+    is ``ignore_index`` get loss 0 and are left out of the "mean".
+    """
+    _check_class_targets(logits, targets)
+    x = as_float32(logits)
+    valid = targets != ignore_index
+    safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+    loss = torch.logsumexp(x, dim=1) - x.gather(1, safe_t[:, None]).squeeze(1)
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        weighted = reduce_loss(loss, weight, "sum")
+        return weighted / valid.sum().clamp(min=1)
+    return reduce_loss(loss, weight, reduction)
+
+
+def binary_cross_entropy(
+    logits: Tensor, targets: Tensor, weight: Tensor | None = None, reduction: str = "mean"
+) -> Tensor:
+    """Element-wise BCE on logits: -(t log sigma(x) + (1 - t) log(1 - sigma(x))), any shape."""
+    x, t = as_float32(logits), as_float32(targets).to(as_float32(logits).dtype)
+    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    return reduce_loss(loss, weight, reduction)
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    weight: Tensor | None = None,
+    reduction: str = "sum",
+) -> Tensor:
+    """RetinaNet's focal loss FL = -alpha_t (1 - p_t)^gamma log(p_t) on sigmoid logits.
+
+    logits and targets (0/1 or soft labels) of any equal shape; alpha < 0 disables the
+    alpha balancing. The default "sum" is what RetinaNet normalises by #positives.
+    """
+    x, t = as_float32(logits), as_float32(targets).to(as_float32(logits).dtype)
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t).pow(gamma) if gamma != 0 else ce
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return reduce_loss(loss, weight, reduction)
+
+
+def softmax_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    gamma: float = 2.0,
+    alpha: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "sum",
+    ignore_index: int = -1,
+) -> Tensor:
+    """Focal loss on a softmax: -alpha[t] (1 - p_t)^gamma log p_t. logits [N, C], targets [N].
+
+    ``alpha`` is an optional per-class weight [C] (e.g. a lower weight for the background
+    class of a softmax head); ignored targets give 0.
+    """
+    _check_class_targets(logits, targets)
+    x = as_float32(logits)
+    valid = targets != ignore_index
+    safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+    log_pt = torch.log_softmax(x, dim=1).gather(1, safe_t[:, None]).squeeze(1)
+    loss = -((1 - log_pt.exp()).clamp(min=0).pow(gamma)) * log_pt
+    if alpha is not None:
+        loss = loss * as_float32(alpha).to(loss.device)[safe_t]
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return reduce_loss(loss, weight, reduction)
+
+
+def yolo_sse(
+    probs: Tensor,
+    targets: Tensor,
+    obj_mask: Tensor | None = None,
+    lambda_noobj: float = 0.5,
+    weight: Tensor | None = None,
+    reduction: str = "sum",
+) -> Tensor:
+    """YOLO v1's sum-squared error on probabilities (any equal shapes).
+
+    For confidences: probs [N] (predicted, in [0, 1]), targets [N] (IoU of the responsible
+    predictor with its gt, 0 elsewhere), obj_mask [N] True for responsible predictors; the
+    others weigh ``lambda_noobj``. For class probabilities of cells with an object: probs
+    [M, C] against one-hot targets [M, C] with obj_mask None (all weigh 1).
+    """
+    p, t = as_float32(probs), as_float32(targets).to(as_float32(probs).dtype)
+    loss = (p - t) ** 2
+    if obj_mask is not None:
+        loss = loss * torch.where(obj_mask, 1.0, lambda_noobj).to(loss.dtype)
+    return reduce_loss(loss, weight, reduction)
+
+
+def multiclass_hinge_loss(
+    logits: Tensor,
+    targets: Tensor,
+    margin: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -1,
+) -> Tensor:
+    """Multi-class SVM hinge loss: sum_{c != t} max(0, margin - x_t + x_c) / C.
+
+    logits [N, C], targets [N] -> [N] or scalar; the same normalisation as
+    ``torch.nn.functional.multi_margin_loss`` (p = 1). Ignored targets give 0 and are left
+    out of the "mean".
+    """
+    _check_class_targets(logits, targets)
+    x = as_float32(logits)
+    valid = targets != ignore_index
+    safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+    x_t = x.gather(1, safe_t[:, None])
+    margins = (margin - x_t + x).clamp(min=0)
+    margins = margins.scatter(1, safe_t[:, None], 0.0)  # the target class itself does not count
+    loss = margins.sum(1) / x.shape[1]
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        return reduce_loss(loss, weight, "sum") / valid.sum().clamp(min=1)
+    return reduce_loss(loss, weight, reduction)
