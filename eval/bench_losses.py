@@ -68,6 +68,61 @@ def make_logits(b, a, c, p, layout, g, device):
     return logits.to(device), targets.view(b, a, c).to(device), flat_pos, classes
 
 
+def classification_rows(b, a, c, p, g, device, add) -> float:
+    """Time the dense classification losses; returns the focal loss time."""
+    logits, targets, flat_pos, classes = make_logits(b, a, c, p, "init", g, device)
+    x = logits.requires_grad_()
+    onehot = (targets == 1).float()
+    focal = add("sigmoid_focal_loss", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.sigmoid_focal_loss(z, onehot) / p, x),
+                "torchvision.ops.sigmoid_focal_loss",
+                fwd_bwd(lambda z: tvo.sigmoid_focal_loss(z, onehot, reduction="sum") / p, x))
+    add("binary_cross_entropy", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.binary_cross_entropy(z, onehot, reduction="sum"), x),
+        "F.binary_cross_entropy_with_logits",
+        fwd_bwd(lambda z: F.binary_cross_entropy_with_logits(z, onehot, reduction="sum"), x))
+    add("yolo_sse (on sigmoid)", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.yolo_sse(torch.sigmoid(z), onehot), x),
+        "F.mse_loss (on sigmoid)", fwd_bwd(lambda z: F.mse_loss(torch.sigmoid(z), onehot, reduction="sum"), x))
+    sm_logits = torch.randn(b * a, c + 1, generator=g).to(device).requires_grad_()
+    sm_targets = torch.full((b * a,), c, dtype=torch.long)
+    sm_targets[flat_pos] = classes
+    sm_targets = sm_targets.to(device)
+    add("softmax_cross_entropy", f"{b * a}x{c + 1}", fwd_bwd(lambda z: L.softmax_cross_entropy(z, sm_targets), sm_logits),
+        "F.cross_entropy", fwd_bwd(lambda z: F.cross_entropy(z, sm_targets), sm_logits))
+    add("softmax_focal_loss", f"{b * a}x{c + 1}", fwd_bwd(lambda z: L.softmax_focal_loss(z, sm_targets), sm_logits))
+    add("multiclass_hinge_loss", f"{b * a}x{c + 1}", fwd_bwd(lambda z: L.multiclass_hinge_loss(z, sm_targets), sm_logits),
+        "F.multi_margin_loss", fwd_bwd(lambda z: F.multi_margin_loss(z, sm_targets), sm_logits))
+    return focal
+
+
+def ranking_rows(b, a, c, p, layout, g, device, add) -> None:
+    """Time AP Loss and aLRP Loss on one logit layout."""
+    logits, targets, _, _ = make_logits(b, a, c, p, layout, g, device)
+    n_rel = int(((targets == 0) & (logits >= logits[targets == 1].min() - 1)).sum())
+    x = logits.requires_grad_()
+    loc = (torch.rand(p, generator=g) * 2).to(device).requires_grad_()
+    shape = f"{b}x{a}x{c}, {layout}: {n_rel / 1e6:.1f}M relevant neg."
+    add("ap_loss", shape, fwd_bwd(lambda z: L.ap_loss(z, targets), x))
+    add("alrp_loss", shape, fwd_bwd(lambda z, e: L.alrp_loss(z, targets, e), x, loc))
+
+
+def box_rows(n, g, device, add) -> None:
+    """Time the regression losses on n boxes."""
+    xy = torch.rand(n, 2, generator=g) * 800
+    pred = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 200 + 5], 1).to(device).requires_grad_()
+    tgt = (pred.detach() + torch.randn(n, 4, generator=g).to(device) * 10)
+    tgt = torch.cat([tgt[:, :2], torch.maximum(tgt[:, 2:], tgt[:, :2] + 1)], 1)
+    for name, ours, peer_name, peer in [
+        ("l1_loss", L.l1_loss, "F.l1_loss", F.l1_loss),
+        ("l2_loss", L.l2_loss, "F.mse_loss", F.mse_loss),
+        ("smooth_l1_loss", L.smooth_l1_loss, "F.smooth_l1_loss", F.smooth_l1_loss),
+        ("iou_loss", L.iou_loss, "", None),
+        ("giou_loss", L.giou_loss, "tvo.generalized_box_iou_loss", tvo.generalized_box_iou_loss),
+        ("diou_loss", L.diou_loss, "tvo.distance_box_iou_loss", tvo.distance_box_iou_loss),
+        ("ciou_loss", L.ciou_loss, "tvo.complete_box_iou_loss", tvo.complete_box_iou_loss),
+    ]:
+        pf = None if peer is None else fwd_bwd(lambda z, f=peer: f(z, tgt, reduction="mean"), pred)
+        add(name, f"{n}x4", fwd_bwd(lambda z, f=ours: f(z, tgt), pred), peer_name, pf)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -83,16 +138,6 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads); "
           f"B={b}, anchors/image={a}, classes={c}, positives={p}; median of {args.reps}")
-    print("| loss | input | minidet ms | peer | peer ms | x focal |")
-    print("|---|---|---:|---|---:|---:|")
-
-    logits, targets, flat_pos, classes = make_logits(b, a, c, p, "init", g, device)
-    x = logits.clone().requires_grad_()
-    onehot = (targets == 1).float()
-    sm_logits = torch.randn(b * a, c + 1, generator=g).to(device).requires_grad_()
-    sm_targets = torch.full((b * a,), c, dtype=torch.long)
-    sm_targets[flat_pos] = classes
-    sm_targets = sm_targets.to(device)
     rows = []
 
     def add(name, shape, ours, peer_name="", peer=None):
@@ -101,47 +146,14 @@ def main() -> None:
         rows.append((name, shape, t, peer_name, tp))
         return t
 
-    focal = add("sigmoid_focal_loss", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.sigmoid_focal_loss(z, onehot) / p, x),
-                "torchvision.ops.sigmoid_focal_loss",
-                fwd_bwd(lambda z: tvo.sigmoid_focal_loss(z, onehot, reduction="sum") / p, x))
-    add("binary_cross_entropy", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.binary_cross_entropy(z, onehot, reduction="sum"), x),
-        "F.binary_cross_entropy_with_logits",
-        fwd_bwd(lambda z: F.binary_cross_entropy_with_logits(z, onehot, reduction="sum"), x))
-    add("yolo_sse (on sigmoid)", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.yolo_sse(torch.sigmoid(z), onehot), x),
-        "F.mse_loss (on sigmoid)", fwd_bwd(lambda z: F.mse_loss(torch.sigmoid(z), onehot, reduction="sum"), x))
-    add("softmax_cross_entropy", f"{b * a}x{c + 1}", fwd_bwd(lambda z: L.softmax_cross_entropy(z, sm_targets), sm_logits),
-        "F.cross_entropy", fwd_bwd(lambda z: F.cross_entropy(z, sm_targets), sm_logits))
-    add("softmax_focal_loss", f"{b * a}x{c + 1}", fwd_bwd(lambda z: L.softmax_focal_loss(z, sm_targets), sm_logits))
-    add("multiclass_hinge_loss", f"{b * a}x{c + 1}", fwd_bwd(lambda z: L.multiclass_hinge_loss(z, sm_targets), sm_logits),
-        "F.multi_margin_loss", fwd_bwd(lambda z: F.multi_margin_loss(z, sm_targets), sm_logits))
-    loc = (torch.rand(p, generator=g) * 2).to(device).requires_grad_()
+    focal = classification_rows(b, a, c, p, g, device, add)
     for layout in ("init", "trained"):
-        if layout == "trained":
-            logits, targets, _, _ = make_logits(b, a, c, p, "trained", g, device)
-            x = logits.clone().requires_grad_()
-        n_rel = int(((targets == 0) & (logits >= logits[targets == 1].min() - 1)).sum())
-        shape = f"{b}x{a}x{c}, {layout}: {n_rel / 1e6:.1f}M relevant neg."
-        add("ap_loss", shape, fwd_bwd(lambda z: L.ap_loss(z, targets), x))
-        add("alrp_loss", shape, fwd_bwd(lambda z, e: L.alrp_loss(z, targets, e), x, loc))
-    del x, logits, targets, onehot, sm_logits
-
+        ranking_rows(b, a, c, p, layout, g, device, add)
     for n in (p, args.boxes):
-        xy = torch.rand(n, 2, generator=g) * 800
-        pred = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 200 + 5], 1).to(device).requires_grad_()
-        tgt = (pred.detach() + torch.randn(n, 4, generator=g).to(device) * 10)
-        tgt = torch.cat([tgt[:, :2], torch.maximum(tgt[:, 2:], tgt[:, :2] + 1)], 1)
-        for name, ours, peer_name, peer in [
-            ("l1_loss", L.l1_loss, "F.l1_loss", F.l1_loss),
-            ("l2_loss", L.l2_loss, "F.mse_loss", F.mse_loss),
-            ("smooth_l1_loss", L.smooth_l1_loss, "F.smooth_l1_loss", F.smooth_l1_loss),
-            ("iou_loss", L.iou_loss, "", None),
-            ("giou_loss", L.giou_loss, "tvo.generalized_box_iou_loss", tvo.generalized_box_iou_loss),
-            ("diou_loss", L.diou_loss, "tvo.distance_box_iou_loss", tvo.distance_box_iou_loss),
-            ("ciou_loss", L.ciou_loss, "tvo.complete_box_iou_loss", tvo.complete_box_iou_loss),
-        ]:
-            pf = None if peer is None else fwd_bwd(lambda z, f=peer: f(z, tgt, reduction="mean"), pred)
-            add(name, f"{n}x4", fwd_bwd(lambda z, f=ours: f(z, tgt), pred), peer_name, pf)
+        box_rows(n, g, device, add)
 
+    print("| loss | input | minidet ms | peer | peer ms | x focal |")
+    print("|---|---|---:|---|---:|---:|")
     for name, shape, t, peer_name, tp in rows:
         peer_ms = f"{tp:.1f}" if tp is not None else ""
         print(f"| {name} | {shape} | {t:.1f} | {peer_name} | {peer_ms} | {t / focal:.2f} |")
