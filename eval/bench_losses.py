@@ -15,29 +15,13 @@ most negatives).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 import torchvision.ops as tvo
+from timing import median_ms
 
 from minidet import losses as L
-
-
-def timed(fn, reps: int, device: torch.device) -> float:
-    """Median ms of fn() (which runs forward and backward)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def fwd_bwd(loss_fn, *leaves):
@@ -141,8 +125,8 @@ def main() -> None:
     rows = []
 
     def add(name, shape, ours, peer_name="", peer=None):
-        t = timed(ours, args.reps, device)
-        tp = timed(peer, args.reps, device) if peer is not None else None
+        t = median_ms(ours, args.reps, device)
+        tp = median_ms(peer, args.reps, device) if peer is not None else None
         rows.append((name, shape, t, peer_name, tp))
         return t
 

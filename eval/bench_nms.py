@@ -12,12 +12,11 @@ Prints one Markdown table; ratio = minidet time / torchvision time (below 1 = mi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from functools import partial
 
 import torch
 import torchvision.ops as tvo
+from timing import median_ms
 
 from minidet.nms import batched_nms, nms
 
@@ -34,21 +33,6 @@ def make_boxes(n: int, kind: str, g: torch.Generator) -> torch.Tensor:
         c = torch.rand(n, 2, generator=g) * 1000
         wh = torch.rand(n, 2, generator=g) * 100 + 5
     return torch.cat([c - wh / 2, c + wh / 2], dim=1)
-
-
-def time_call(fn, reps: int, device: torch.device) -> float:
-    """Median wall time of fn() in milliseconds."""
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -89,8 +73,8 @@ def main() -> None:
                     if set(kept.tolist()) != set(ref_kept.tolist()):
                         raise SystemExit(f"MISMATCH: {op} {kind} n={n} on {device}")
                     reps = max(3, args.reps if n <= 5000 else args.reps // 4)
-                    t_ours = time_call(ours, reps, device)
-                    t_ref = time_call(ref, reps, device)
+                    t_ours = median_ms(ours, reps, device)
+                    t_ref = median_ms(ref, reps, device)
                     print(f"| {device.type} | {op} | {n} | {kind} | {kept.numel()} | {t_ours:.2f} | "
                           f"{t_ref:.2f} | {t_ours / t_ref:.2f} |", flush=True)
 

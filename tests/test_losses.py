@@ -248,3 +248,15 @@ def test_bad_arguments():
         L.giou_loss(torch.zeros(2, 4), torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"logits \[N, C\]"):
         L.softmax_cross_entropy(torch.zeros(2, 4), torch.zeros(3, dtype=torch.long))
+
+
+def test_loss_modules_and_names(gen):
+    x = torch.randn(10, 3, generator=gen)
+    t = (torch.rand(10, 3, generator=gen) > 0.7).float()
+    focal = L.build_loss("focal", alpha=0.5, gamma=1.0)
+    assert isinstance(focal, torch.nn.Module) and "alpha=0.5" in repr(focal)
+    torch.testing.assert_close(focal(x, t), tvo.sigmoid_focal_loss(x, t, 0.5, 1.0, reduction="sum"))
+    torch.testing.assert_close(focal(x, t, reduction="mean"), tvo.sigmoid_focal_loss(x, t, 0.5, 1.0, reduction="mean"))
+    assert set(L.REGRESSION_LOSSES) == {"l1", "l2", "smooth_l1", "iou", "giou", "diou", "ciou"}
+    with pytest.raises(ValueError, match="choose one of: .*focal.*giou"):
+        L.build_loss("fokal")

@@ -8,6 +8,14 @@ from .classification import (
     softmax_focal_loss,
     yolo_sse,
 )
+from .modules import (
+    ALL_LOSSES,
+    CLASSIFICATION_LOSSES,
+    JOINT_LOSSES,
+    REGRESSION_LOSSES,
+    Loss,
+    build_loss,
+)
 from .ranking import alrp_loss, ap_loss
 from .regression import ciou_loss, diou_loss, giou_loss, iou_loss, l1_loss, l2_loss, smooth_l1_loss
 
@@ -27,4 +35,10 @@ __all__ = [
     "giou_loss",
     "diou_loss",
     "ciou_loss",
+    "Loss",
+    "build_loss",
+    "CLASSIFICATION_LOSSES",
+    "REGRESSION_LOSSES",
+    "JOINT_LOSSES",
+    "ALL_LOSSES",
 ]
