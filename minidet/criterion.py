@@ -1,0 +1,395 @@
+"""The Criterion: one interface through which every head trains.
+
+``criterion(outputs: HeadOutput, targets: list[dict]) -> LossDict``. A criterion is composed of
+an assigner (minidet.assigners), classification / regression losses chosen by name
+(minidet.losses), an optional sampler (SSD's hard negative mining) and a weighting scheme
+(minidet.weighting). The returned dict holds:
+
+- ``loss``: the training loss (sum of the weighted components) — the only tensor with a graph;
+- the raw components (``cls``, ``reg``, plus family-specific parts), detached;
+- ``<name>_weighted`` and ``weight_<name>`` for every component the weighting saw;
+- ``num_pos``: positives in the batch; with ``diagnostics=True`` also positives per image and
+  the classification-score / IoU correlations of the positives (and ``self.diagnostics`` gets
+  the negative/positive gradient ratio after backward).
+
+Implementations: ``DenseCriterion`` (RetinaNet-style sigmoid heads), ``SSDCriterion``
+(softmax + hard negative mining), ``YOLOCriterion`` (YOLO v1's sum-squared loss) and
+``RankingCriterion`` (AP Loss or aLRP Loss). Losses are computed in float32 even under
+autocast; classification sums are normalised by the number of positives in the batch (at least
+1; averaged across processes under DDP; optionally an EMA of it, as detectron2 does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .assigners import (
+    AssignResult,
+    ATSSAssigner,
+    MaxIoUAssigner,
+    SSDMatcher,
+    YOLOGridAssigner,
+    pad_gts,
+)
+from .boxes import aligned_box_iou, aligned_generalized_box_iou
+from .coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
+from .diagnostics import grad_ratio_hook, pearson, spearman
+from .losses import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, alrp_loss, ap_loss
+from .samplers import hard_negative_mask
+from .structures import HeadOutput
+from .weighting import FixedWeights, LossWeighting, SelfBalance
+
+__all__ = ["Criterion", "DenseCriterion", "SSDCriterion", "YOLOCriterion", "RankingCriterion", "ASSIGNERS"]
+
+LossDict = dict[str, Tensor]
+OFFSET_LOSSES = ("l1", "l2", "smooth_l1")  # on encoded offsets; the others on decoded boxes
+ASSIGNERS = {"maxiou": MaxIoUAssigner, "atss": ATSSAssigner, "ssd": SSDMatcher, "yolo": YOLOGridAssigner}
+
+
+def _choose(kind: str, name: str, valid: Sequence[str], head: str) -> None:
+    if name not in valid:
+        raise ValueError(
+            f"{kind} loss {name!r} cannot train a {head}; valid choices: {', '.join(valid)}"
+        )
+
+
+class Criterion(nn.Module):
+    """Shared machinery: padding gts, the positive normaliser, weighting and the LossDict."""
+
+    head_kind = "head"
+
+    def __init__(self, assigner, weighting: LossWeighting | None = None,
+                 normalizer_momentum: float | None = None, diagnostics: bool = False) -> None:
+        super().__init__()
+        self.assigner = assigner
+        self.weighting = weighting if weighting is not None else FixedWeights()
+        self.normalizer_momentum = normalizer_momentum
+        self.register_buffer("normalizer", torch.tensor(100.0))
+        self.diagnostics_enabled = diagnostics
+        self.diagnostics: dict[str, float] = {}
+
+    def forward(self, outputs: HeadOutput, targets: list[dict]) -> LossDict:
+        device = outputs.cls_logits.device
+        boxes = [t["boxes"].to(device=device, dtype=torch.float32) for t in targets]
+        labels = [t["labels"].to(device) for t in targets]
+        if len(boxes) != outputs.cls_logits.shape[0]:
+            raise ValueError(f"{len(boxes)} targets for a batch of {outputs.cls_logits.shape[0]} images")
+        gt_boxes, gt_labels, gt_valid = pad_gts(boxes, labels)
+        with torch.autocast(device.type, enabled=False):
+            raw, weighting_input, num_pos, extras = self.components(outputs, gt_boxes, gt_labels, gt_valid)
+            weighted = self.weighting(weighting_input, record=bool(num_pos > 0))
+        out: LossDict = {"loss": sum(weighted.values())}
+        out.update({k: v.detach() for k, v in {**weighting_input, **raw}.items()})
+        weights = self.weighting.weights
+        for k, v in weighted.items():
+            out[f"{k}_weighted"] = v.detach()
+            out[f"weight_{k}"] = torch.tensor(weights.get(k, 1.0))
+        out["num_pos"] = num_pos.detach().float()
+        out.update(extras)
+        return out
+
+    def components(self, outputs: HeadOutput, gt_boxes: Tensor, gt_labels: Tensor,
+                   gt_valid: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """-> (raw components to log, components the weighting sees, #positives, extra logs)."""
+        raise NotImplementedError
+
+    def assign(self, outputs: HeadOutput, gt_boxes, gt_labels, gt_valid, **kwargs) -> AssignResult:
+        return self.assigner.assign_batch(outputs.priors, outputs.num_per_level, gt_boxes, gt_labels,
+                                          gt_valid, **kwargs)
+
+    def positive_normaliser(self, num_pos: Tensor) -> Tensor:
+        """#positives in the batch as a float >= 1 (mean over processes; EMA if configured)."""
+        n = num_pos.detach().float()
+        if dist.is_available() and dist.is_initialized():
+            n = n.clone()
+            dist.all_reduce(n)
+            n = n / dist.get_world_size()
+        if self.normalizer_momentum is not None:
+            if self.training:
+                m = self.normalizer_momentum
+                self.normalizer.mul_(m).add_((1 - m) * n.to(self.normalizer.device))
+            return self.normalizer.clamp(min=1.0)
+        return n.clamp(min=1.0)
+
+    def diagnose(self, logits: Tensor, assigned: AssignResult, scores: Tensor | None, ious: Tensor | None,
+                 negative_entries: Tensor, positive_entries: Tensor) -> dict[str, Tensor]:
+        """Diagnostics of one step (empty unless enabled)."""
+        if not self.diagnostics_enabled:
+            return {}
+        out = {"pos_per_image": assigned.positive.sum(1).float().mean()}
+        if scores is not None and ious is not None:
+            out["score_iou_pearson"] = torch.tensor(pearson(scores, ious))
+            out["score_iou_spearman"] = torch.tensor(spearman(scores, ious))
+        if logits.requires_grad:
+            grad_ratio_hook(logits, positive_entries, negative_entries, self.diagnostics)
+        return out
+
+    def regression(self, name: str, fn, coder, priors: Tensor, pred: Tensor, gt: Tensor, **kwargs) -> Tensor:
+        """Summed regression loss of positives: on encoded offsets or on decoded boxes."""
+        if name in OFFSET_LOSSES:
+            return fn(pred, coder.encode(priors, gt), reduction="sum", **kwargs)
+        return fn(coder.decode(priors, pred), gt, reduction="sum")
+
+
+def _positive_parts(outputs: HeadOutput, assigned: AssignResult, gt_boxes: Tensor):
+    """Predictions [P, 4], priors [P, 4] and matched gt boxes [P, 4] of the positives."""
+    pos = assigned.positive
+    b, a = pos.shape
+    pred = outputs.box_regression.float()[pos]
+    priors = outputs.priors.float().expand(b, a, 4)[pos]
+    gt = assigned.matched_boxes(gt_boxes)[pos]
+    return pred, priors, gt
+
+
+def _one_hot_targets(assigned: AssignResult, num_classes: int, dtype=torch.float32) -> Tensor:
+    """[B, A, C]: 1 at the class of each positive, 0 elsewhere."""
+    target = torch.zeros(*assigned.gt_inds.shape, num_classes, dtype=dtype, device=assigned.gt_inds.device)
+    pos = assigned.positive
+    idx = pos.nonzero(as_tuple=True)
+    target[idx[0], idx[1], assigned.labels[pos]] = 1
+    return target
+
+
+class DenseCriterion(Criterion):
+    """RetinaNet-style: a sigmoid classification loss over all non-ignored priors, summed and
+    divided by the number of positives, plus a regression loss on the positives (on encoded
+    offsets for l1 / l2 / smooth_l1, on decoded boxes for the IoU family), same normaliser."""
+
+    head_kind = "sigmoid head"
+    CLS_CHOICES = ("focal", "bce", "yolo_sse")
+
+    def __init__(self, assigner=None, cls_loss: str = "focal", reg_loss: str = "l1", coder=None,
+                 weighting: LossWeighting | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 smooth_l1_beta: float = 1.0 / 9, normalizer_momentum: float | None = None,
+                 diagnostics: bool = False) -> None:
+        super().__init__(assigner or MaxIoUAssigner(), weighting, normalizer_momentum, diagnostics)
+        _choose("classification", cls_loss, self.CLS_CHOICES, self.head_kind)
+        _choose("regression", reg_loss, tuple(REGRESSION_LOSSES), self.head_kind)
+        self.cls_name, self.reg_name = cls_loss, reg_loss
+        self.coder = coder or DeltaXYWHCoder()
+        self.cls_kwargs = {"alpha": focal_alpha, "gamma": focal_gamma} if cls_loss == "focal" else {}
+        self.reg_kwargs = {"beta": smooth_l1_beta} if reg_loss == "smooth_l1" else {}
+
+    def _cls_sum(self, logits: Tensor, target: Tensor) -> Tensor:
+        fn = CLASSIFICATION_LOSSES[self.cls_name]
+        if self.cls_name == "yolo_sse":
+            return fn(torch.sigmoid(logits), target, reduction="sum")
+        return fn(logits, target, reduction="sum", **self.cls_kwargs)
+
+    def components(self, outputs, gt_boxes, gt_labels, gt_valid):
+        assigned = self.assign(outputs, gt_boxes, gt_labels, gt_valid)
+        logits = outputs.cls_logits.float()
+        pos, valid = assigned.positive, ~assigned.ignored
+        num_pos = pos.sum()
+        norm = self.positive_normaliser(num_pos)
+        target = _one_hot_targets(assigned, logits.shape[-1])
+        cls = self._cls_sum(logits[valid], target[valid]) / norm
+        pred, priors, gt = _positive_parts(outputs, assigned, gt_boxes)
+        fn = REGRESSION_LOSSES[self.reg_name]
+        reg = self.regression(self.reg_name, fn, self.coder, priors, pred, gt, **self.reg_kwargs) / norm
+        reg = reg + outputs.box_regression.sum() * 0  # keep the graph when there are no positives
+        extras = {}
+        if self.diagnostics_enabled:
+            with torch.no_grad():
+                scores = torch.sigmoid(logits[pos].gather(1, assigned.labels[pos][:, None])).squeeze(1)
+                ious = aligned_box_iou(self.coder.decode(priors, pred), gt)
+            neg_entries = valid[..., None] & (target == 0)
+            extras = self.diagnose(outputs.cls_logits, assigned, scores, ious, neg_entries, target == 1)
+        raw = {"cls": cls, "reg": reg}
+        return raw, raw, num_pos, extras
+
+
+class SSDCriterion(Criterion):
+    """SSD: softmax classification over C + 1 classes (background last) on the positives and
+    the hardest negatives (at most ``neg_pos_ratio`` per positive, per image, ranked by their
+    loss), plus Smooth L1 (beta 1) on SSD-encoded offsets; both divided by #positives."""
+
+    head_kind = "softmax head"
+    CLS_CHOICES = ("ce", "softmax_focal", "hinge")
+
+    def __init__(self, assigner=None, cls_loss: str = "ce", reg_loss: str = "smooth_l1", coder=None,
+                 weighting: LossWeighting | None = None, neg_pos_ratio: float = 3.0,
+                 smooth_l1_beta: float = 1.0, normalizer_momentum: float | None = None,
+                 diagnostics: bool = False) -> None:
+        super().__init__(assigner or SSDMatcher(), weighting, normalizer_momentum, diagnostics)
+        _choose("classification", cls_loss, self.CLS_CHOICES, self.head_kind)
+        _choose("regression", reg_loss, tuple(REGRESSION_LOSSES), self.head_kind)
+        self.cls_name, self.reg_name = cls_loss, reg_loss
+        self.coder = coder or SSDCoder()
+        self.neg_pos_ratio = neg_pos_ratio
+        self.reg_kwargs = {"beta": smooth_l1_beta} if reg_loss == "smooth_l1" else {}
+
+    def components(self, outputs, gt_boxes, gt_labels, gt_valid):
+        assigned = self.assign(outputs, gt_boxes, gt_labels, gt_valid)
+        logits = outputs.cls_logits.float()
+        b, a, c1 = logits.shape
+        pos, negative = assigned.positive, assigned.gt_inds == 0
+        num_pos = pos.sum()
+        norm = self.positive_normaliser(num_pos)
+        cls_target = torch.where(pos, assigned.labels, torch.full_like(assigned.labels, c1 - 1))
+        per_prior = CLASSIFICATION_LOSSES[self.cls_name](
+            logits.reshape(-1, c1), cls_target.reshape(-1), reduction="none").view(b, a)
+        hard_neg = hard_negative_mask(per_prior.detach(), pos, negative, self.neg_pos_ratio)
+        cls = (per_prior * (pos | hard_neg)).sum() / norm
+        pred, priors, gt = _positive_parts(outputs, assigned, gt_boxes)
+        fn = REGRESSION_LOSSES[self.reg_name]
+        reg = self.regression(self.reg_name, fn, self.coder, priors, pred, gt, **self.reg_kwargs) / norm
+        reg = reg + outputs.box_regression.sum() * 0
+        extras = {}
+        if self.diagnostics_enabled:
+            with torch.no_grad():
+                probs = torch.softmax(logits[pos], dim=-1)
+                scores = probs.gather(1, assigned.labels[pos][:, None]).squeeze(1)
+                ious = aligned_box_iou(self.coder.decode(priors, pred), gt)
+            entries_pos = torch.zeros_like(logits, dtype=torch.bool)
+            entries_pos[pos] = F.one_hot(assigned.labels[pos], c1).bool()
+            entries_neg = torch.zeros_like(entries_pos)
+            entries_neg[..., -1] = hard_neg
+            extras = self.diagnose(outputs.cls_logits, assigned, scores, ious, entries_neg, entries_pos)
+        extras["hard_negatives"] = hard_neg.sum().float()
+        raw = {"cls": cls, "reg": reg}
+        return raw, raw, num_pos, extras
+
+
+class YOLOCriterion(Criterion):
+    """YOLO v1's five-part loss, each part a sum of squares divided by the batch size:
+    lambda_coord * [(x, y) + (sqrt w, sqrt h) errors of responsible predictors] + confidence
+    error of responsible predictors (target: IoU of the predicted box with its gt) +
+    lambda_noobj * confidence of the other predictors + class-probability error of cells
+    with an object. Logged as coord / obj / noobj / cls; the weighting sees
+    cls = obj + lambda_noobj noobj + class term and reg = lambda_coord coord.
+
+    ``box_regression`` is read in YOLOCellCoder space (x, y in the cell, sqrt w, sqrt h of the
+    image); ``objectness`` are logits (sigmoid -> confidence); class logits are shared by the
+    predictors of a cell (the first is read) and turned into probabilities with a softmax for
+    the sum-squared class term, or trained with "focal" / "ce" instead.
+    """
+
+    head_kind = "YOLO head"
+    CLS_CHOICES = ("yolo_sse", "focal", "ce")
+
+    def __init__(self, boxes_per_cell: int = 2, cls_loss: str = "yolo_sse", reg_loss: str = "l2",
+                 lambda_coord: float = 5.0, lambda_noobj: float = 0.5, coder=None,
+                 weighting: LossWeighting | None = None, diagnostics: bool = False) -> None:
+        super().__init__(YOLOGridAssigner(boxes_per_cell), weighting, None, diagnostics)
+        _choose("classification", cls_loss, self.CLS_CHOICES, self.head_kind)
+        _choose("regression", reg_loss, tuple(REGRESSION_LOSSES), self.head_kind)
+        self.cls_name, self.reg_name = cls_loss, reg_loss
+        self.boxes_per_cell = boxes_per_cell
+        self.lambda_coord, self.lambda_noobj = lambda_coord, lambda_noobj
+        self.coder = coder or YOLOCellCoder(sqrt_wh=True)
+
+    def components(self, outputs, gt_boxes, gt_labels, gt_valid):
+        if outputs.objectness is None:
+            raise ValueError("YOLOCriterion needs outputs.objectness (the confidence logits)")
+        b, a, _ = outputs.box_regression.shape
+        k = self.boxes_per_cell
+        size = outputs.image_size
+        pred = outputs.box_regression.float()
+        priors = outputs.priors.float()
+        decoded = self.coder.decode(priors, pred, size)
+        assigned = self.assign(outputs, gt_boxes, gt_labels, gt_valid, pred_boxes=decoded.detach())
+        resp = assigned.positive
+        num_pos = resp.sum()
+        gt = assigned.matched_boxes(gt_boxes)[resp]
+        pri = priors.expand(b, a, 4)[resp]
+        if self.reg_name in OFFSET_LOSSES:
+            target = self.coder.encode(pri, gt, size)
+            kw = {"beta": 1.0} if self.reg_name == "smooth_l1" else {}
+            coord = REGRESSION_LOSSES[self.reg_name](pred[resp], target, reduction="sum", **kw)
+        else:
+            coord = REGRESSION_LOSSES[self.reg_name](decoded[resp], gt, reduction="sum")
+        conf = torch.sigmoid(outputs.objectness.float())
+        with torch.no_grad():
+            iou_target = aligned_box_iou(decoded[resp], gt)
+        sse = CLASSIFICATION_LOSSES["yolo_sse"]
+        obj = sse(conf[resp], iou_target, reduction="sum")
+        noobj = sse(conf[~resp], torch.zeros_like(conf[~resp]), reduction="sum")
+        cell_logits = outputs.cls_logits.float().view(b, a // k, k, -1)[:, :, 0]
+        cell_has = resp.view(b, a // k, k).any(-1)
+        cell_label = assigned.labels.view(b, a // k, k).max(-1).values
+        logits_obj = cell_logits[cell_has]
+        if self.cls_name == "yolo_sse":
+            onehot = F.one_hot(cell_label[cell_has], logits_obj.shape[-1]).float()
+            cls = sse(torch.softmax(logits_obj, -1), onehot, reduction="sum")
+        elif self.cls_name == "focal":
+            onehot = F.one_hot(cell_label[cell_has], logits_obj.shape[-1]).float()
+            cls = CLASSIFICATION_LOSSES["focal"](logits_obj, onehot, reduction="sum")
+        else:
+            cls = CLASSIFICATION_LOSSES["ce"](logits_obj, cell_label[cell_has], reduction="sum")
+        keep_graph = (pred.sum() + outputs.cls_logits.sum()) * 0
+        coord, obj, noobj, cls = (x / b for x in (coord + keep_graph, obj, noobj, cls + keep_graph))
+        raw = {"coord": coord, "obj": obj, "noobj": noobj, "class": cls}
+        grouped = {"cls": obj + self.lambda_noobj * noobj + cls, "reg": self.lambda_coord * coord}
+        extras = {}
+        if self.diagnostics_enabled:
+            extras = self.diagnose(outputs.objectness, assigned, conf[resp].detach(), iou_target,
+                                   ~resp, resp)
+        return raw, grouped, num_pos, extras
+
+
+class RankingCriterion(Criterion):
+    """Ranking-based classification over the whole batch (minidet.losses.ranking):
+
+    - ``loss="ap"``: AP Loss + Smooth L1 (beta 1) on the positives' encoded offsets averaged
+      over 4 P elements (as the AP Loss paper); fixed weights by default.
+    - ``loss="alrp"``: aLRP Loss, whose localisation errors are 1 - GIoU (``alrp_iou="giou"``)
+      or 2 (1 - IoU) (``"iou"``) of the positives' decoded boxes; the weighting defaults to
+      SelfBalance (SB on the localisation component). ``alrp`` in the LossDict is the
+      reported aLRP value cls + loc.
+    Ignored priors take no part; all classes of a positive other than its own are negatives.
+    """
+
+    head_kind = "sigmoid head"
+
+    def __init__(self, assigner=None, loss: str = "alrp", reg_loss: str = "smooth_l1", coder=None,
+                 weighting: LossWeighting | None = None, delta: float = 1.0, alrp_iou: str = "giou",
+                 diagnostics: bool = False) -> None:
+        _choose("ranking", loss, ("ap", "alrp"), self.head_kind)
+        if loss == "alrp" and alrp_iou not in ("giou", "iou"):
+            raise ValueError(f"alrp_iou must be 'giou' or 'iou', got {alrp_iou!r}")
+        if weighting is None:
+            weighting = SelfBalance() if loss == "alrp" else FixedWeights()
+        super().__init__(assigner or MaxIoUAssigner(), weighting, None, diagnostics)
+        if loss == "ap":
+            _choose("regression", reg_loss, tuple(REGRESSION_LOSSES), self.head_kind)
+        self.loss_name, self.reg_name, self.delta, self.alrp_iou = loss, reg_loss, delta, alrp_iou
+        self.coder = coder or DeltaXYWHCoder()
+
+    def components(self, outputs, gt_boxes, gt_labels, gt_valid):
+        assigned = self.assign(outputs, gt_boxes, gt_labels, gt_valid)
+        logits = outputs.cls_logits.float()
+        pos = assigned.positive
+        num_pos = pos.sum()
+        targets = _one_hot_targets(assigned, logits.shape[-1], dtype=torch.int8)
+        targets[assigned.ignored] = -1
+        pred, priors, gt = _positive_parts(outputs, assigned, gt_boxes)
+        keep_graph = outputs.box_regression.sum() * 0
+        extras: dict[str, Tensor] = {}
+        if self.loss_name == "ap":
+            cls = ap_loss(logits, targets, self.delta)
+            fn = REGRESSION_LOSSES[self.reg_name]
+            kw = {"beta": 1.0} if self.reg_name == "smooth_l1" else {}
+            reg = self.regression(self.reg_name, fn, self.coder, priors, pred, gt, **kw)
+            reg = reg / (4 * num_pos.clamp(min=1)) + keep_graph
+        else:
+            decoded = self.coder.decode(priors, pred)
+            if self.alrp_iou == "giou":
+                loc_errors = 1 - aligned_generalized_box_iou(decoded, gt)
+            else:
+                loc_errors = 2 * (1 - aligned_box_iou(decoded, gt))
+            cls, reg = alrp_loss(logits, targets, loc_errors, self.delta)
+            reg = reg + keep_graph
+            extras["alrp"] = (cls + reg).detach()
+        if self.diagnostics_enabled:
+            with torch.no_grad():
+                scores = torch.sigmoid(logits[pos].gather(1, assigned.labels[pos][:, None])).squeeze(1)
+                ious = aligned_box_iou(self.coder.decode(priors, pred), gt)
+            extras.update(self.diagnose(outputs.cls_logits, assigned, scores, ious, targets == 0, targets == 1))
+        raw = {"cls": cls, "reg": reg}
+        return raw, raw, num_pos, extras
