@@ -146,11 +146,22 @@ class MaxIoUAssigner(_Assigner):
         if self.allow_low_quality:
             gt_max = iou.max(dim=2, keepdim=True).values  # [B, G, 1]
             can_claim = (gt_max > 0) & (gt_max >= self.min_pos_iou)
-            claim = (iou == gt_max) & can_claim
-            claimed = claim.any(dim=1)
-            claimer = torch.where(claim, iou, torch.full_like(iou, -2.0)).argmax(dim=1)
-            gt_inds = torch.where(claimed, claimer + 1, gt_inds)
+            b_i, g_i, a_i = torch.nonzero((iou == gt_max) & can_claim, as_tuple=True)
+            if b_i.numel():
+                winner = _best_claims(b_i * iou.shape[2] + a_i, iou[b_i, g_i, a_i])
+                gt_inds[b_i[winner], a_i[winner]] = g_i[winner] + 1
         return _finish(gt_inds, gt_labels, max_iou)
+
+
+def _best_claims(prior_key: Tensor, claim_iou: Tensor) -> Tensor:
+    """Among claims listed in increasing gt order, the index of the winning claim of each
+    prior: the highest IoU, the lowest gt index on ties."""
+    order = torch.sort(-claim_iou, stable=True).indices
+    order = order[torch.sort(prior_key[order], stable=True).indices]
+    key = prior_key[order]
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    return order[first]
 
 
 class ATSSAssigner(_Assigner):
@@ -231,12 +242,11 @@ class SSDMatcher(_Assigner):
         max_iou, best_gt = iou.max(dim=1)
         gt_inds = torch.where(max_iou >= self.iou_thr, best_gt + 1, torch.zeros_like(best_gt))
         gt_best, best_prior = iou.max(dim=2)  # [B, G]
-        can_force = gt_valid & (gt_best > 0)
-        forced = torch.zeros_like(iou, dtype=torch.bool)
-        forced.scatter_(2, best_prior[..., None], can_force[..., None])
-        has = forced.any(dim=1)
-        winner = torch.where(forced, iou, torch.full_like(iou, -2.0)).argmax(dim=1)
-        gt_inds = torch.where(has, winner + 1, gt_inds)
+        b_i, g_i = torch.nonzero(gt_valid & (gt_best > 0), as_tuple=True)  # increasing gt order
+        if b_i.numel():
+            a_i = best_prior[b_i, g_i]
+            winner = _best_claims(b_i * iou.shape[2] + a_i, gt_best[b_i, g_i])
+            gt_inds[b_i[winner], a_i[winner]] = g_i[winner] + 1
         return _finish(gt_inds, gt_labels, max_iou)
 
 

@@ -39,6 +39,7 @@ __all__ = [
 
 _FORMATS = ("xyxy", "xywh", "cxcywh")
 _EPS = 1e-7
+_CHUNK_ELEMENTS = 1 << 18  # pairs per block in the chunked no-grad box_iou
 
 
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
@@ -88,7 +89,21 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of every pair: boxes1 [N,4], boxes2 [M,4] (xyxy) -> [N,M]."""
-    return _iou_family(*_pairwise(boxes1, boxes2), "iou")
+    b1, b2, dtype = _pairwise(boxes1, boxes2)
+    n, m = b1.shape[0], b2.shape[1]
+    if n * m <= _CHUNK_ELEMENTS or (torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad)):
+        return _iou_family(b1, b2, dtype, "iou")
+    # Large and without gradient (anchor matching): cache-sized blocks are ~3x faster.
+    out = torch.empty(n, m, dtype=dtype, device=b1.device)
+    if n >= m:
+        step = max(1, _CHUNK_ELEMENTS // m)
+        for s in range(0, n, step):
+            out[s : s + step] = _iou_family(b1[s : s + step], b2, dtype, "iou")
+    else:
+        step = max(1, _CHUNK_ELEMENTS // n)
+        for s in range(0, m, step):
+            out[:, s : s + step] = _iou_family(b1, b2[:, s : s + step], dtype, "iou")
+    return out
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -176,11 +191,13 @@ def _iou_family(b1: Tensor, b2: Tensor, out_dtype: torch.dtype, kind: str) -> Te
         b1, b2 = b1.to(common), b2.to(common)
     area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
     area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    lt = torch.maximum(b1[..., :2], b2[..., :2])
-    rb = torch.minimum(b1[..., 2:], b2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    iw = (torch.minimum(b1[..., 2], b2[..., 2]) - torch.maximum(b1[..., 0], b2[..., 0])).clamp_(min=0)
+    ih = (torch.minimum(b1[..., 3], b2[..., 3]) - torch.maximum(b1[..., 1], b2[..., 1])).clamp_(min=0)
+    inter = iw * ih
     union = area1 + area2 - inter
+    if kind == "iou" and not (torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad)):
+        # No gradient needed: union == 0 implies inter == 0, so only 0 / 0 needs fixing.
+        return inter.div_(union).nan_to_num_(nan=0.0).to(out_dtype)
     iou = _safe_div(inter, union)
     if kind == "iou":
         return iou.to(out_dtype)

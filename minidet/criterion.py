@@ -39,7 +39,7 @@ from .assigners import (
 from .boxes import aligned_box_iou, aligned_generalized_box_iou
 from .coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
 from .diagnostics import grad_ratio_hook, pearson, spearman
-from .losses import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, alrp_loss, ap_loss
+from .losses import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, alrp_loss, ap_loss, sigmoid_focal_loss_from_labels
 from .samplers import hard_negative_mask
 from .structures import HeadOutput
 from .weighting import FixedWeights, LossWeighting, SelfBalance
@@ -175,11 +175,15 @@ class DenseCriterion(Criterion):
         self.cls_kwargs = {"alpha": focal_alpha, "gamma": focal_gamma} if cls_loss == "focal" else {}
         self.reg_kwargs = {"beta": smooth_l1_beta} if reg_loss == "smooth_l1" else {}
 
-    def _cls_sum(self, logits: Tensor, target: Tensor) -> Tensor:
-        fn = CLASSIFICATION_LOSSES[self.cls_name]
+    def _cls_sum(self, logits: Tensor, assigned: AssignResult, valid: Tensor) -> Tensor:
+        """Summed classification loss over the non-ignored priors; logits [B, A, C]."""
+        c = logits.shape[-1]
         if self.cls_name == "yolo_sse":
-            return fn(torch.sigmoid(logits), target, reduction="sum")
-        return fn(logits, target, reduction="sum", **self.cls_kwargs)
+            target = _one_hot_targets(assigned, c)
+            return CLASSIFICATION_LOSSES["yolo_sse"](torch.sigmoid(logits[valid]), target[valid], reduction="sum")
+        alpha, gamma = (self.cls_kwargs["alpha"], self.cls_kwargs["gamma"]) if self.cls_name == "focal" else (-1.0, 0.0)
+        return sigmoid_focal_loss_from_labels(logits.reshape(-1, c), assigned.labels.reshape(-1), alpha, gamma,
+                                              weight=valid.reshape(-1).float())
 
     def components(self, outputs, gt_boxes, gt_labels, gt_valid):
         assigned = self.assign(outputs, gt_boxes, gt_labels, gt_valid)
@@ -187,8 +191,7 @@ class DenseCriterion(Criterion):
         pos, valid = assigned.positive, ~assigned.ignored
         num_pos = pos.sum()
         norm = self.positive_normaliser(num_pos)
-        target = _one_hot_targets(assigned, logits.shape[-1])
-        cls = self._cls_sum(logits[valid], target[valid]) / norm
+        cls = self._cls_sum(logits, assigned, valid) / norm
         pred, priors, gt = _positive_parts(outputs, assigned, gt_boxes)
         fn = REGRESSION_LOSSES[self.reg_name]
         reg = self.regression(self.reg_name, fn, self.coder, priors, pred, gt, **self.reg_kwargs) / norm
@@ -198,6 +201,7 @@ class DenseCriterion(Criterion):
             with torch.no_grad():
                 scores = torch.sigmoid(logits[pos].gather(1, assigned.labels[pos][:, None])).squeeze(1)
                 ious = aligned_box_iou(self.coder.decode(priors, pred), gt)
+            target = _one_hot_targets(assigned, logits.shape[-1])
             neg_entries = valid[..., None] & (target == 0)
             extras = self.diagnose(outputs.cls_logits, assigned, scores, ious, neg_entries, target == 1)
         raw = {"cls": cls, "reg": reg}

@@ -181,3 +181,10 @@ def test_clip_and_centres():
     b = torch.tensor([[-5.0, 10.0, 120.0, 90.0]])
     assert torch.equal(B.clip_boxes_to_image(b, (80, 100)), torch.tensor([[0.0, 10.0, 100.0, 80.0]]))
     assert torch.equal(B.box_centers(b), torch.tensor([[57.5, 50.0]]))
+
+
+def test_large_pairwise_iou_in_blocks_matches_torchvision(gen):
+    a = random_boxes(700, gen, 300, 80)
+    b = random_boxes(900, gen, 300, 80)  # 630k pairs: the blocked no-grad path
+    torch.testing.assert_close(B.box_iou(a, b), tvo.box_iou(a, b), rtol=0, atol=0)
+    torch.testing.assert_close(B.box_iou(b, a), tvo.box_iou(b, a), rtol=0, atol=0)

@@ -260,3 +260,24 @@ def test_loss_modules_and_names(gen):
     assert set(L.REGRESSION_LOSSES) == {"l1", "l2", "smooth_l1", "iou", "giou", "diou", "ciou"}
     with pytest.raises(ValueError, match="choose one of: .*focal.*giou"):
         L.build_loss("fokal")
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1, 0.0), (0.5, 1.5), (0.25, 1.0)])
+def test_focal_from_labels_matches_torchvision(gen, alpha, gamma):
+    x = torch.randn(3000, 7, generator=gen) * 4
+    x[0, 0], x[1, 1] = 1e4, -1e4  # huge logits, positive and negative
+    labels = torch.randint(-1, 7, (3000,), generator=gen)
+    labels[:2] = torch.tensor([1, 1])
+    weight = (torch.rand(3000, generator=gen) > 0.1).float()
+    target = F.one_hot(labels.clamp(min=0), 7).float() * (labels >= 0)[:, None]
+    _assert_same(lambda a: L.sigmoid_focal_loss_from_labels(a, labels, alpha, gamma, weight),
+                 lambda a: (tvo.sigmoid_focal_loss(a, target, alpha, gamma, reduction="none") * weight[:, None]).sum(),
+                 x, rtol=1e-5, atol=1e-4)
+
+
+def test_focal_from_labels_second_backward_is_refused():
+    x = torch.randn(4, 3, requires_grad=True)
+    loss = L.sigmoid_focal_loss_from_labels(x, torch.tensor([0, -1, 2, 1]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()

@@ -17,6 +17,7 @@ __all__ = [
     "softmax_cross_entropy",
     "binary_cross_entropy",
     "sigmoid_focal_loss",
+    "sigmoid_focal_loss_from_labels",
     "softmax_focal_loss",
     "yolo_sse",
     "multiclass_hinge_loss",
@@ -85,6 +86,100 @@ def sigmoid_focal_loss(
     if alpha >= 0:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
     return reduce_loss(loss, weight, reduction)
+
+
+_FOCAL_CHUNK = 1 << 20  # elements per chunk: the temporaries stay in cache
+
+
+class _FocalFromLabels(torch.autograd.Function):
+    """Sigmoid focal loss summed over [N, C] logits with one-hot targets given as labels.
+
+    Works chunk by chunk and writes the analytic gradient straight into one buffer, so no
+    [N, C] target tensor or autograd temporaries exist. With q = 1 - p_t and
+    ce = -log p_t: loss = alpha_t q^gamma ce and d loss / d x = (1 - 2t) alpha_t q^gamma
+    (q + gamma (1 - q) ce). Every entry is first treated as a negative (t = 0); the few
+    positive entries (one per row at most) are then corrected in place.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, weight, alpha: float, gamma: float):
+        n, c = logits.shape
+        grad = torch.empty_like(logits)
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        a_neg, a_pos = (1.0 - alpha, alpha) if alpha >= 0 else (1.0, 1.0)
+        binary_weight = bool(((weight == 0) | (weight == 1)).all())
+        rows = max(1, _FOCAL_CHUNK // max(c, 1))
+        for s in range(0, n, rows):
+            x = logits[s : s + rows].float()
+            w = weight[s : s + rows]
+            p = torch.sigmoid(x)
+            ce = F.softplus(x)  # -log(1 - p): every entry taken as a negative first
+            mod = _pow(p, gamma)
+            if binary_weight:
+                dropped = torch.nonzero(w == 0).squeeze(1)
+                mod[dropped] = 0
+            else:
+                mod.mul_(w[:, None])
+            neg_sum = torch.dot(mod.view(-1), ce.view(-1)) * a_neg
+            # gradient of a negative: a_neg p^gamma (p + gamma (1 - p) ce)
+            g = (1 - p).mul_(ce).mul_(gamma * a_neg).add_(p, alpha=a_neg)
+            g = torch.mul(g, mod, out=grad[s : s + rows])
+            lab = labels[s : s + rows]
+            r = torch.nonzero((lab >= 0) & (lab < c) & (w != 0)).squeeze(1)
+            if r.numel():
+                k = lab[r]
+                xp = x[r, k]
+                neg_sum = neg_sum - torch.dot(mod[r, k], ce[r, k]) * a_neg
+                q = torch.sigmoid(-xp)  # 1 - p
+                ce1 = F.softplus(-xp)  # -log p
+                mod1 = _pow(q, gamma) * (w[r] * a_pos)
+                neg_sum = neg_sum + torch.dot(mod1, ce1)
+                g[r, k] = -mod1 * (q + gamma * (1 - q) * ce1)
+            total += neg_sum.double()
+        ctx.grad = grad  # an attribute, not a saved tensor: backward hands it over without a copy
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # The buffer is scaled in place (no second [N, C] allocation), so it serves one backward.
+        grad = getattr(ctx, "grad", None)
+        if grad is None:
+            raise RuntimeError("sigmoid_focal_loss_from_labels supports one backward pass per forward")
+        ctx.grad = None
+        return grad.mul_(grad_out.to(grad.dtype)), None, None, None, None
+
+
+def _pow(x: Tensor, gamma: float) -> Tensor:
+    """x ** gamma as a new tensor (cheap for the common gamma in {0, 1, 2})."""
+    if gamma == 2:
+        return x * x
+    if gamma == 1:
+        return x.clone()
+    if gamma == 0:
+        return torch.ones_like(x)
+    return x.pow(gamma)
+
+
+def sigmoid_focal_loss_from_labels(
+    logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Summed sigmoid focal loss for one-hot targets given as class labels (fast path).
+
+    logits [N, C]; labels [N]: the positive class of each row, or any value outside 0..C-1
+    (e.g. -1) for an all-negative row; weight [N] per row (0 drops a row, e.g. an ignored
+    anchor). Equals ``sigmoid_focal_loss(logits, one_hot(labels) * weight, ..., "sum")``
+    but builds no [N, C] target and computes in cache-sized chunks with an analytic
+    gradient. gamma = 0 with alpha < 0 is the plain binary cross-entropy sum.
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    w = torch.ones(logits.shape[0], device=logits.device) if weight is None else as_float32(weight)
+    with torch.autocast(logits.device.type, enabled=False):
+        return _FocalFromLabels.apply(logits, labels, w, float(alpha), float(gamma))
 
 
 def softmax_focal_loss(

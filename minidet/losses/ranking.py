@@ -134,7 +134,7 @@ def _dense_grad(ctx, grad_out: Tensor) -> Tensor:
     scale = grad_out.to(ctx.dtype)
     grad = torch.zeros(ctx.shape.numel(), dtype=ctx.dtype, device=g_pos.device)
     grad[pos_idx] = g_pos * scale
-    grad[neg_idx] = g_neg.mul_(scale)  # saved tensors are used once: scale in place
+    grad[neg_idx] = g_neg * scale
     return grad.view(ctx.shape)
 
 
