@@ -60,6 +60,12 @@ def classification_rows(b, a, c, p, g, device, add) -> float:
     focal = add("sigmoid_focal_loss", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.sigmoid_focal_loss(z, onehot) / p, x),
                 "torchvision.ops.sigmoid_focal_loss",
                 fwd_bwd(lambda z: tvo.sigmoid_focal_loss(z, onehot, reduction="sum") / p, x))
+    labels = torch.full((b * a,), -1, dtype=torch.long)
+    labels[flat_pos] = classes
+    labels = labels.to(device)
+    valid = (targets >= 0).all(-1).reshape(-1).float()
+    add("sigmoid_focal_loss_from_labels", f"{b}x{a}x{c}",
+        fwd_bwd(lambda z: L.sigmoid_focal_loss_from_labels(z.view(-1, c), labels, weight=valid) / p, x))
     add("binary_cross_entropy", f"{b}x{a}x{c}", fwd_bwd(lambda z: L.binary_cross_entropy(z, onehot, reduction="sum"), x),
         "F.binary_cross_entropy_with_logits",
         fwd_bwd(lambda z: F.binary_cross_entropy_with_logits(z, onehot, reduction="sum"), x))

@@ -58,7 +58,7 @@ def test_maxiou_tie_between_claimers_goes_to_higher_iou():
 
 
 def test_no_gts_means_all_background():
-    for assigner in (MaxIoUAssigner(), ATSSAssigner(), SSDMatcher()):
+    for assigner in (MaxIoUAssigner(), ATSSAssigner(), SSDMatcher(), YOLOGridAssigner(2)):
         r = assigner.assign(PRIORS, [6], torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
         assert r.gt_inds.tolist() == [0] * 6 and r.labels.tolist() == [-1] * 6
 

@@ -1,0 +1,120 @@
+"""The dataset every reader produces: records of (image file, boxes, labels) -> items.
+
+An item is ``{"image": uint8 HxWx3 RGB, "boxes": float32 [N, 4] xyxy pixels, "labels": int64 [N],
+"image_id", "path", "ignore_boxes": float32 [M, 4]}`` (ignore boxes: COCO crowd regions and VOC
+"difficult" objects: not trained as positives, used by evaluation), after the optional
+transform. Box checks happen once, when a reader builds its records (``clean_boxes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .image_io import read_rgb
+from .problems import DataError, DataReport
+
+OUTSIDE_TOLERANCE = 1.0  # px a box may stick out of the image before it counts as a problem
+
+
+@dataclass
+class Record:
+    """One image and its annotations (boxes xyxy pixels, 0-based labels)."""
+
+    path: str
+    image_id: int | str
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+
+
+def clean_boxes(boxes: np.ndarray, width: float, height: float, where: Sequence[str],
+                report: DataReport) -> tuple[np.ndarray, np.ndarray]:
+    """Check xyxy boxes [N, 4] of an image of (width, height).
+
+    ``where[i]`` names box i for messages (file, line or annotation id). Non-finite
+    coordinates, x2 <= x1 or y2 <= y1, and boxes entirely outside the image are problems
+    (dropped in lenient mode); boxes sticking out by more than 1 px are problems that lenient
+    mode clips; smaller overhangs are clipped silently. -> (clean boxes [K, 4], kept mask [N]).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    keep = np.ones(len(boxes), dtype=bool)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if not np.all(np.isfinite(boxes[i])):
+            report.problem("non-finite box coordinate", f"{where[i]}: box {boxes[i].tolist()} has NaN or inf "
+                           f"coordinates — fix or remove this annotation")
+            keep[i] = False
+        elif x2 <= x1 or y2 <= y1:
+            report.problem("degenerate box (x2 <= x1 or y2 <= y1)",
+                           f"{where[i]}: box {boxes[i].tolist()} (x1, y1, x2, y2) has no area — x2 must exceed x1 "
+                           f"and y2 must exceed y1; fix or remove this annotation")
+            keep[i] = False
+        elif x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            report.problem("box outside the image",
+                           f"{where[i]}: box {boxes[i].tolist()} lies entirely outside the {width}x{height} image — "
+                           f"fix or remove this annotation")
+            keep[i] = False
+        elif (x1 < -OUTSIDE_TOLERANCE or y1 < -OUTSIDE_TOLERANCE or x2 > width + OUTSIDE_TOLERANCE
+              or y2 > height + OUTSIDE_TOLERANCE):
+            report.problem("box sticking out of the image (clipped)",
+                           f"{where[i]}: box {boxes[i].tolist()} extends beyond the {width}x{height} image — "
+                           f"fix the annotation (lenient mode clips it to the image)")
+    out = boxes[keep].copy()
+    out[:, 0::2] = out[:, 0::2].clip(0, width)
+    out[:, 1::2] = out[:, 1::2].clip(0, height)
+    return out.astype(np.float32), keep
+
+
+class DetectionDataset(Dataset):
+    """Records + class names + an optional transform ``f(item) -> item``.
+
+    Unreadable images raise a DataError naming the file (strict) or are replaced by the next
+    readable image with a warning (lenient; ``skipped_images`` counts them).
+    """
+
+    def __init__(self, records: list[Record], class_names: Sequence[str], report: DataReport | None = None,
+                 transform: Callable[[dict], dict] | None = None, category_ids: Sequence[int] | None = None) -> None:
+        self.records = records
+        self.class_names = list(class_names)
+        self.report = report or DataReport()
+        self.transform = transform
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(class_names)))
+        self.skipped_images = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> dict:
+        """The untransformed item of record ``index``."""
+        r = self.records[index]
+        image = read_rgb(r.path)
+        h, w = image.shape[:2]
+        if (w, h) != (r.width, r.height):
+            raise DataError(f"{r.path}: the annotations say {r.width}x{r.height} but the image is {w}x{h} — "
+                            f"fix the image size in the annotation file")
+        return {"image": image, "boxes": r.boxes.copy(), "labels": r.labels.copy(), "image_id": r.image_id,
+                "path": r.path, "ignore_boxes": r.ignore_boxes.copy()}
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self.records)):
+            i = (index + attempt) % len(self.records)
+            try:
+                item = self.load(i)
+                break
+            except DataError as err:
+                if self.report.strict:
+                    raise
+                self.skipped_images += 1
+                print(f"warning: skipping an unreadable image: {err}")
+        else:
+            raise DataError("no readable image in the dataset")
+        return self.transform(item) if self.transform is not None else item

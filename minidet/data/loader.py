@@ -1,0 +1,72 @@
+"""Batching: collate items into a padded image batch + target list; DataLoader construction
+with workers, pinned memory, a distributed-ready sampler and reproducible per-worker seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+__all__ = ["collate", "build_loader", "seed_worker"]
+
+
+def collate(batch: list[dict], size_divisor: int = 32) -> tuple[Tensor, list[dict]]:
+    """Items -> (images float32 [B, 3, H, W] in [0, 1], zero-padded at the bottom/right to a
+    common size that is a multiple of ``size_divisor``; targets: one dict per image with
+    "boxes" [N, 4] float32, "labels" [N] int64, "ignore_boxes", "image_id", "path",
+    "orig_size", "scale", "image_size" (h, w before padding))."""
+    hs = [it["image"].shape[0] for it in batch]
+    ws = [it["image"].shape[1] for it in batch]
+    d = size_divisor
+    H, W = -(-max(hs) // d) * d, -(-max(ws) // d) * d
+    images = torch.zeros(len(batch), 3, H, W, dtype=torch.float32)
+    targets = []
+    for i, it in enumerate(batch):
+        img = torch.from_numpy(np.ascontiguousarray(it["image"])).permute(2, 0, 1)
+        images[i, :, : hs[i], : ws[i]] = img.float().div_(255)
+        targets.append({
+            "boxes": torch.as_tensor(it["boxes"], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(it["labels"], dtype=torch.int64).reshape(-1),
+            "ignore_boxes": torch.as_tensor(it.get("ignore_boxes", np.zeros((0, 4))), dtype=torch.float32).reshape(-1, 4),
+            "image_id": it.get("image_id"),
+            "path": it.get("path"),
+            "orig_size": it.get("orig_size", (hs[i], ws[i])),
+            "scale": it.get("scale", (1.0, 1.0)),
+            "image_size": (hs[i], ws[i]),
+        })
+    return images, targets
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: seed python, numpy and the dataset's transform from the
+    worker's torch seed (which the loader's generator determines)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "reseed"):
+        transform.reseed(seed)
+
+
+def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0,
+                 pin_memory: bool | None = None, drop_last: bool | None = None) -> DataLoader:
+    """A DataLoader over ``dataset``; under torch.distributed each process reads its own shard
+    (DistributedSampler: call ``loader.sampler.set_epoch(epoch)`` every epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    if dist.is_available() and dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=bool(train))
+    elif train:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=train if drop_last is None else drop_last, worker_init_fn=seed_worker,
+        generator=generator, persistent_workers=workers > 0,
+    )

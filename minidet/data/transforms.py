@@ -1,0 +1,158 @@
+"""Image + box transforms: albumentations pipelines (BboxParams keeps boxes and labels with
+the image) plus SSD's expand / IoU-crop, and the exact letterbox used for evaluation.
+
+- ``TrainTransform``: resize so the longer side is ``size``, random scale, pad + random crop to
+  size x size (boxes clipped; boxes keeping less than ``min_visibility`` of their area dropped
+  with their labels), horizontal flip, colour jitter; with ``ssd=True`` SSD's photometric
+  distortion, expand (zoom out) and min-IoU random crop come first.
+- ``EvalTransform``: letterbox — resize by one factor so the image fits size x size, pad at the
+  bottom/right. ``unletterbox`` maps predicted boxes back to original pixels exactly.
+
+Transforms act on items (``{"image", "boxes", "labels", "ignore_boxes", ...}``) and add
+``"orig_size"`` (h, w) and ``"scale"`` (sx, sy: original pixel -> transformed pixel).
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+
+__all__ = ["TrainTransform", "EvalTransform", "unletterbox", "ssd_expand", "ssd_iou_crop"]
+
+SSD_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)  # None: keep the image as is; 0: any crop
+MEAN_RGB = (123, 117, 104)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
+
+
+def ssd_expand(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, max_ratio: float = 4.0,
+               p: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """SSD "zoom out": place the image at a random spot of a canvas up to ``max_ratio`` times
+    larger, filled with the mean colour; boxes shift with it."""
+    if rng.random() >= p:
+        return image, boxes
+    h, w = image.shape[:2]
+    r = rng.uniform(1, max_ratio)
+    ch, cw = int(h * r), int(w * r)
+    top, left = int(rng.uniform(0, ch - h)), int(rng.uniform(0, cw - w))
+    canvas = np.empty((ch, cw, 3), image.dtype)
+    canvas[:] = MEAN_RGB
+    canvas[top : top + h, left : left + w] = image
+    return canvas, boxes + np.array([left, top, left, top], boxes.dtype)
+
+
+def ssd_iou_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                 trials: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SSD's random crop: pick a minimum IoU from {keep, 0.1, 0.3, 0.5, 0.7, 0.9, any}; try
+    crops of 0.3-1x the sides (aspect 0.5-2) until one overlaps some gt by at least that much;
+    keep the boxes whose centres fall inside, clipped to the crop."""
+    h, w = image.shape[:2]
+    min_iou = SSD_MIN_IOUS[int(rng.integers(len(SSD_MIN_IOUS)))]
+    if min_iou is None or len(boxes) == 0:
+        return image, boxes, labels
+    for _ in range(trials):
+        cw, ch = rng.uniform(0.3 * w, w), rng.uniform(0.3 * h, h)
+        if not 0.5 <= ch / cw <= 2:
+            continue
+        x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+        crop = np.array([x0, y0, x0 + cw, y0 + ch])
+        if _iou_matrix(crop[None], boxes).max() < min_iou:
+            continue
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = np.all((centres > crop[:2]) & (centres < crop[2:]), axis=1)
+        if not inside.any():
+            continue
+        x0, y0, x1, y1 = int(crop[0]), int(crop[1]), int(crop[2]), int(crop[3])
+        kept = boxes[inside].copy()
+        kept[:, 0::2] = kept[:, 0::2].clip(x0, x1) - x0
+        kept[:, 1::2] = kept[:, 1::2].clip(y0, y1) - y0
+        return image[y0:y1, x0:x1], kept, labels[inside]
+    return image, boxes, labels
+
+
+class TrainTransform:
+    """Training augmentation to a size x size image (see the module docstring)."""
+
+    def __init__(self, size: int = 512, scale: tuple[float, float] = (0.6, 1.4), hflip: float = 0.5,
+                 color_jitter: float = 0.3, min_visibility: float = 0.3, ssd: bool = False, seed: int = 0) -> None:
+        self.size, self.ssd = size, ssd
+        photometric = [A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=min(0.5, color_jitter / 6), p=0.8)] if color_jitter > 0 else []
+        if ssd:
+            geometric = [A.Resize(size, size)]
+        else:
+            geometric = [
+                A.LongestMaxSize(max_size=size),
+                A.RandomScale(scale_limit=(scale[0] - 1, scale[1] - 1), p=1.0),
+                A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=MEAN_RGB),
+                A.RandomCrop(size, size),
+            ]
+        self.pipeline = A.Compose(
+            [*geometric, A.HorizontalFlip(p=hflip), *photometric],
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"],
+                                     min_visibility=min_visibility, clip=True, filter_invalid_bboxes=True),
+            seed=seed,
+        )
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Seed every random choice (called per DataLoader worker)."""
+        self.rng = np.random.default_rng(seed)
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, item: dict) -> dict:
+        image = item["image"]
+        h, w = image.shape[:2]
+        boxes = np.concatenate([item["boxes"], item["ignore_boxes"]]).astype(np.float32)
+        labels = np.concatenate([item["labels"], np.full(len(item["ignore_boxes"]), -1)]).astype(np.int64)
+        ignore = np.r_[np.zeros(len(item["boxes"]), bool), np.ones(len(item["ignore_boxes"]), bool)]
+        if self.ssd:
+            image, boxes = ssd_expand(image, boxes, self.rng)
+            crop_img, crop_boxes, keep_idx = ssd_iou_crop(image, boxes, np.arange(len(boxes)), self.rng)
+            image, boxes, labels, ignore = crop_img, crop_boxes, labels[keep_idx], ignore[keep_idx]
+        out = self.pipeline(image=image, bboxes=boxes, labels=labels, ignore=ignore)
+        b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        lab = np.asarray(out["labels"], np.int64)
+        ign = np.asarray(out["ignore"], bool)
+        return {**item, "image": out["image"], "boxes": b[~ign], "labels": lab[~ign], "ignore_boxes": b[ign],
+                "orig_size": (h, w), "scale": (1.0, 1.0)}
+
+
+class EvalTransform:
+    """Letterbox to size x size: one resize factor (aspect kept), padding at bottom/right."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+
+    def __call__(self, item: dict) -> dict:
+        image = item["image"]
+        h, w = image.shape[:2]
+        r = self.size / max(h, w)
+        nw, nh = max(1, round(w * r)), max(1, round(h * r))
+        sx, sy = nw / w, nh / h
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR if r < 1 else cv2.INTER_LINEAR)
+        canvas = np.empty((self.size, self.size, 3), np.uint8)
+        canvas[:] = MEAN_RGB
+        canvas[:nh, :nw] = resized
+        factors = np.array([sx, sy, sx, sy], np.float32)
+        return {**item, "image": canvas, "boxes": item["boxes"] * factors,
+                "ignore_boxes": item["ignore_boxes"] * factors, "orig_size": (h, w), "scale": (sx, sy)}
+
+
+def unletterbox(boxes, scale: tuple[float, float], orig_size: tuple[int, int]):
+    """Boxes [N, 4] in letterboxed pixels -> original image pixels (clipped to it).
+    Works on numpy arrays and torch tensors."""
+    sx, sy = scale
+    h, w = orig_size
+    out = boxes / boxes.new_tensor([sx, sy, sx, sy]) if hasattr(boxes, "new_tensor") else boxes / np.array([sx, sy, sx, sy])
+    out[..., 0::2] = out[..., 0::2].clip(0, w)
+    out[..., 1::2] = out[..., 1::2].clip(0, h)
+    return out
