@@ -39,7 +39,13 @@ from .assigners import (
 from .boxes import aligned_box_iou, aligned_generalized_box_iou
 from .coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
 from .diagnostics import grad_ratio_hook, pearson, spearman
-from .losses import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, alrp_loss, ap_loss, sigmoid_focal_loss_from_labels
+from .losses import (
+    CLASSIFICATION_LOSSES,
+    REGRESSION_LOSSES,
+    alrp_loss,
+    ap_loss,
+    sigmoid_focal_loss_from_labels,
+)
 from .samplers import hard_negative_mask
 from .structures import HeadOutput
 from .weighting import FixedWeights, LossWeighting, SelfBalance

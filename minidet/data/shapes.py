@@ -121,11 +121,14 @@ class ShapesDataset(DetectionDataset):
         h, w = self.height, self.width
         base = rng.uniform(40, 200, size=3)
         tilt = rng.uniform(-60, 60, size=(2, 3))
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = base + (xx[..., None] / w) * tilt[0] + (yy[..., None] / h) * tilt[1]
-        blobs = rng.normal(0, 25, size=(max(2, h // 32), max(2, w // 32), 3)).astype(np.float32)
-        img += cv2.resize(blobs, (w, h), interpolation=cv2.INTER_CUBIC)
-        img += rng.normal(0, 8, size=(h, w, 3))
+        # a smooth colour field (gradient + blobs) upsampled from a coarse grid, plus pixel noise
+        gh, gw = max(2, h // 32), max(2, w // 32)
+        gy, gx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+        coarse = (base + (gx[..., None] / gw) * tilt[0] + (gy[..., None] / gh) * tilt[1]
+                  + rng.normal(0, 25, size=(gh, gw, 3))).astype(np.float32)
+        img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+        img += rng.integers(0, 25, (h, w, 3), dtype=np.uint8)  # uniform noise in [-12, 12] around...
+        img -= 12.0  # ...the field
         img = img.clip(0, 255).astype(np.uint8)
         for _ in range(int(rng.integers(0, 6))):  # distracting lines
             p1 = (int(rng.integers(w)), int(rng.integers(h)))
@@ -139,12 +142,14 @@ class ShapesDataset(DetectionDataset):
         img = self._background(self._rng(index + 10_000_019))
         for o in self._layouts[index]:
             colour = tuple(int(c) for c in o["colour"])
+            # Boxes use continuous coordinates where pixel p spans [p, p + 1); OpenCV puts pixel
+            # centres at integers, hence the half-pixel shift. Coordinates in 1/16 px (shift=4).
             if o["shape"] == "circle":
-                centre = (int(round(o["centre"][0] * 16)), int(round(o["centre"][1] * 16)))
+                centre = (int(round((o["centre"][0] - 0.5) * 16)), int(round((o["centre"][1] - 0.5) * 16)))
                 radius = int(round(o["radius"] * 16))
                 cv2.circle(img, centre, radius, colour, o["thickness"] or -1, cv2.LINE_AA, shift=4)
             else:
-                pts = np.round(o["poly"] * 16).astype(np.int32)[None]
+                pts = np.round((o["poly"] - 0.5) * 16).astype(np.int32)[None]
                 if o["thickness"]:
                     cv2.polylines(img, pts, True, colour, o["thickness"], cv2.LINE_AA, shift=4)
                 else:
