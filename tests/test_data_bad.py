@@ -175,3 +175,14 @@ def test_check_command_lists_problems(tmp_path, capsys):
     assert check_main([str(tmp_path / "data.yaml"), "--splits", "train"]) == 1
     out = capsys.readouterr().out
     assert "1 x unknown class index" in out and "p.txt:2" in out
+
+
+def test_voc_flat_folder_of_pairs(tmp_path):
+    write_rgb(tmp_path / "one.jpg", np.zeros((H, W, 3), np.uint8))
+    (tmp_path / "one.xml").write_text(
+        f"<annotation><size><width>{W}</width><height>{H}</height></size><object><name>dog</name>"
+        "<bndbox><xmin>3</xmin><ymin>4</ymin><xmax>9</xmax><ymax>10</ymax></bndbox></object></annotation>")
+    (tmp_path / "orphan.xml").write_text("<annotation></annotation>")  # no image beside it
+    msg, ds = _both(lambda r: read_voc(tmp_path, None, ["cat", "dog"], r))
+    assert "orphan.xml: no image" in msg
+    assert len(ds) == 1 and ds.records[0].boxes.tolist() == [[2, 3, 9, 10]] and ds.records[0].labels.tolist() == [1]
