@@ -1,0 +1,300 @@
+"""The Detector: backbone -> neck -> head -> HeadOutput, with its criterion and post-processing,
+and ``build_model`` for the three families.
+
+    model = build_model("retinanet", num_classes=4, backbone="tiny")
+    out = model(images)                      # HeadOutput
+    losses = model.loss(images, targets)     # LossDict (losses["loss"].backward())
+    dets = model.predict(images)             # [{"boxes", "scores", "labels"}] per image
+
+``images`` are float [B, 3, H, W] in [0, 1] (the model normalises them); targets and predictions
+use xyxy pixels and 0-based labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..anchors import AnchorGenerator, DefaultBoxGenerator, GridCellGenerator
+from ..assigners import ATSSAssigner, MaxIoUAssigner, SSDMatcher
+from ..boxes import clip_boxes_to_image
+from ..coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
+from ..criterion import DenseCriterion, RankingCriterion, SSDCriterion, YOLOCriterion
+from ..nms import batched_nms
+from ..structures import HeadOutput
+from ..weighting import WEIGHTINGS
+from .backbones import build_backbone
+from .fpn import FPN
+from .heads import RetinaNetHead, SSDExtras, SSDHead, YOLOHead
+
+__all__ = ["Detector", "PostProcess", "build_model", "load_matching_state", "MODELS"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PostProcess:
+    """Decode + score threshold + top-k per level + class-aware NMS + max detections.
+
+    kind: "sigmoid" (score = sigmoid(logit) per class), "softmax" (softmax over C + 1, the last
+    column is background) or "yolo" (score = sigmoid(confidence) * softmax(class logits)).
+    """
+
+    kind: str = "sigmoid"
+    score_thresh: float = 0.05
+    topk_per_level: int = 1000
+    nms_thresh: float = 0.5
+    max_det: int = 100
+
+    def scores(self, out: HeadOutput, b: int) -> Tensor:
+        """[A, C] class scores of image b."""
+        logits = out.cls_logits[b].float()
+        if self.kind == "softmax":
+            return torch.softmax(logits, -1)[:, :-1]
+        if self.kind == "yolo":
+            return torch.sigmoid(out.objectness[b].float())[:, None] * torch.softmax(logits, -1)
+        return torch.sigmoid(logits)
+
+    def __call__(self, out: HeadOutput, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        """boxes: decoded [B, A, 4]; image_sizes: (h, w) of every image before padding."""
+        results = []
+        for b in range(boxes.shape[0]):
+            scores = self.scores(out, b)
+            c = scores.shape[1]
+            kept_idx, kept_scores, start = [], [], 0
+            for n in out.num_per_level:
+                s = scores[start : start + n].reshape(-1)
+                cand = torch.nonzero(s > self.score_thresh).squeeze(1)
+                order = torch.sort(s[cand], descending=True, stable=True).indices[: self.topk_per_level]
+                kept_idx.append(cand[order] + start * c)
+                kept_scores.append(s[cand[order]])
+                start += n
+            flat = torch.cat(kept_idx)
+            sc = torch.cat(kept_scores)
+            prior, label = flat // c, flat % c
+            bx = clip_boxes_to_image(boxes[b, prior], image_sizes[b])
+            keep = batched_nms(bx, sc, label, self.nms_thresh)[: self.max_det]
+            results.append({"boxes": bx[keep], "scores": sc[keep], "labels": label[keep]})
+        return results
+
+
+class Detector(nn.Module):
+    """A detector of one family: images -> HeadOutput, plus loss() and predict()."""
+
+    def __init__(self, family: str, backbone: nn.Module, neck: nn.Module | None, head: nn.Module,
+                 priors, coder, criterion: nn.Module, postprocess: PostProcess, num_classes: int,
+                 config: dict | None = None, channels_last: bool = False) -> None:
+        super().__init__()
+        self.family = family
+        self.backbone, self.neck, self.head = backbone, neck, head
+        self.prior_generator, self.coder = priors, coder
+        self.criterion, self.postprocess = criterion, postprocess
+        self.num_classes = num_classes
+        self.config = dict(config or {})
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        x = (images - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(x)
+        return self.neck(feats) if self.neck is not None else feats
+
+    def forward(self, images: Tensor) -> HeadOutput:
+        """images [B, 3, H, W] in [0, 1] -> HeadOutput (float32 logits / regressions)."""
+        feats = self.features(images)
+        size = (images.shape[-2], images.shape[-1])
+        objectness = None
+        if self.family == "yolo":
+            cls, box, objectness = self.head(feats[-1])
+            grid = feats[-1].shape[-2:]
+            priors, npl = self.prior_generator(grid, size, images.device)
+        else:
+            cls, box = self.head(feats)
+            sizes = [f.shape[-2:] for f in feats]
+            if self.family == "ssd":
+                priors, npl = self.prior_generator(sizes, size, images.device)
+            else:
+                priors, npl = self.prior_generator(sizes, images.device)
+        return HeadOutput(cls, box, priors, npl, size, objectness)
+
+    def loss(self, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
+        """The criterion's LossDict for a batch; ``loss["loss"]`` is what to backpropagate."""
+        return self.criterion(self(images), targets)
+
+    def decode(self, out: HeadOutput) -> Tensor:
+        """Decoded boxes [B, A, 4] in input pixels."""
+        if self.family == "yolo":
+            return self.coder.decode(out.priors, out.box_regression, out.image_size)
+        return self.coder.decode(out.priors, out.box_regression)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+                scales: Sequence[tuple[float, float]] | None = None,
+                orig_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+        """Detections per image: {"boxes" [K, 4], "scores" [K], "labels" [K]}, sorted by score.
+
+        image_sizes: (h, w) of each image inside the padded batch (default: the whole batch
+        size); scales (sx, sy) and orig_sizes map the boxes back to original pixels (as
+        ``EvalTransform`` recorded them)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(images)
+            b = images.shape[0]
+            sizes = image_sizes or [out.image_size] * b
+            dets = self.postprocess(out, self.decode(out), sizes)
+        finally:
+            self.train(was_training)
+        if scales is not None:
+            for d, (sx, sy), orig in zip(dets, scales, orig_sizes or sizes, strict=True):
+                d["boxes"] = clip_boxes_to_image(d["boxes"] / d["boxes"].new_tensor([sx, sy, sx, sy]), orig)
+        return dets
+
+
+# ------------------------------------------------------------------------------ building
+
+DENSE_CLS = ("focal", "bce", "yolo_sse")
+RANKING_CLS = ("ap", "alrp")
+FAMILY_DEFAULTS = {
+    "retinanet": {"cls_loss": "focal", "reg_loss": "l1", "assigner": "maxiou",
+                  "post": PostProcess("sigmoid", 0.05, 1000, 0.5, 100)},
+    "ssd": {"cls_loss": "ce", "reg_loss": "smooth_l1", "assigner": "ssd",
+            "post": PostProcess("softmax", 0.01, 400, 0.45, 200)},
+    "yolo": {"cls_loss": "yolo_sse", "reg_loss": "l2", "assigner": "yolo",
+             "post": PostProcess("yolo", 0.05, 1000, 0.5, 100)},
+}
+SSD_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+
+
+def _weighting(name: str | None, loss: str, alwa_interval: int, sb_period: int | None):
+    if name is None:
+        return None
+    if name not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(WEIGHTINGS)}")
+    if name in ("alwa1", "alwa2"):
+        return WEIGHTINGS[name](interval=alwa_interval)
+    if name == "self_balance":
+        return WEIGHTINGS[name](period=sb_period)
+    return WEIGHTINGS[name]()
+
+
+def _criterion(family: str, opts: dict, weighting):
+    cls, reg, assigner = opts["cls_loss"], opts["reg_loss"], opts["assigner"]
+    if family == "retinanet":
+        assigners = {"maxiou": MaxIoUAssigner, "atss": ATSSAssigner}
+        if assigner not in assigners:
+            raise ValueError(f"assigner {assigner!r} cannot train a RetinaNet head; valid choices: maxiou, atss")
+        a = assigners[assigner]()
+        if cls in RANKING_CLS:
+            return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting)
+        if cls not in DENSE_CLS:
+            raise ValueError(f"classification loss {cls!r} cannot train a RetinaNet (sigmoid) head; valid choices: "
+                             f"{', '.join(DENSE_CLS + RANKING_CLS)}")
+        return DenseCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting)
+    if family == "ssd":
+        if assigner not in ("ssd", "maxiou"):
+            raise ValueError(f"assigner {assigner!r} cannot train an SSD head; valid choices: ssd, maxiou")
+        a = SSDMatcher() if assigner == "ssd" else MaxIoUAssigner()
+        return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting)
+    if assigner != "yolo":
+        raise ValueError(f"assigner {assigner!r} cannot train a YOLO head; valid choice: yolo")
+    return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting)
+
+
+def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained: bool = False, **options) -> Detector:
+    """A detector of family ``name`` ("retinanet", "ssd", "yolo") on ``backbone``.
+
+    Options (all optional): cls_loss, reg_loss, assigner, weighting (fixed, alwa1, alwa2,
+    self_balance, uncertainty), alwa_interval, sb_period; anchor_sizes (RetinaNet, one per
+    level), fpn_channels, head_convs, head_norm ("gn"), p6_from; boxes_per_cell (YOLO);
+    score_thresh, topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width
+    (tiny backbone); channels_last.
+    """
+    if name not in FAMILY_DEFAULTS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(FAMILY_DEFAULTS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    defaults = FAMILY_DEFAULTS[name]
+    opts = {"cls_loss": defaults["cls_loss"], "reg_loss": defaults["reg_loss"], "assigner": defaults["assigner"],
+            "weighting": None, "alwa_interval": 100, "sb_period": None, "boxes_per_cell": 2,
+            "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
+            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False}
+    unknown = set(options) - set(opts) - {"score_thresh", "topk_per_level", "nms_thresh", "max_det",
+                                          "frozen_stages", "frozen_bn", "width"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for build_model")
+    opts.update({k: v for k, v in options.items() if k in opts})
+    bb_opts = {k: options[k] for k in ("frozen_stages", "frozen_bn", "width") if k in options}
+    bb = build_backbone(backbone, pretrained, **bb_opts)
+    post_defaults = defaults["post"]
+    post = PostProcess(post_defaults.kind, *(options.get(k, getattr(post_defaults, k))
+                                             for k in ("score_thresh", "topk_per_level", "nms_thresh", "max_det")))
+    weighting = _weighting(opts["weighting"], opts["cls_loss"], opts["alwa_interval"], opts["sb_period"])
+    criterion = _criterion(name, opts, weighting)
+    config = {"name": name, "num_classes": num_classes, "backbone": backbone, **options}
+
+    if name == "retinanet":
+        neck = FPN(bb.out_channels, opts["fpn_channels"], extra_levels=2, p6_from=opts["p6_from"])
+        strides = (8, 16, 32, 64, 128)
+        if opts["assigner"] == "atss":  # one square anchor per location, 8 x stride (ATSS)
+            sizes = opts["anchor_sizes"] or tuple(8 * s for s in strides)
+            gen = AnchorGenerator(sizes, strides, ratios=(1.0,), scales=(1.0,))
+        else:
+            gen = AnchorGenerator(opts["anchor_sizes"] or (32, 64, 128, 256, 512), strides)
+        head = RetinaNetHead(opts["fpn_channels"], gen.num_anchors_per_location, num_classes,
+                             opts["head_convs"], opts["head_norm"])
+        coder = DeltaXYWHCoder()
+    elif name == "ssd":
+        n_extra = len(SSD_RATIOS) - len(bb.out_channels)
+        extras = SSDExtras(bb.out_channels[-1], [(256, 512), (128, 256), (128, 256), (128, 256)][-n_extra:])
+        neck = _SSDNeck(extras)
+        gen = DefaultBoxGenerator(SSD_RATIOS)
+        head = SSDHead(bb.out_channels + extras.out_channels, gen.num_boxes_per_location(), num_classes)
+        coder = SSDCoder()
+    else:
+        neck = None
+        gen = GridCellGenerator(opts["boxes_per_cell"])
+        head = YOLOHead(bb.out_channels[-1], num_classes, opts["boxes_per_cell"])
+        coder = YOLOCellCoder(sqrt_wh=True)
+    return Detector(name, bb, neck, head, gen, coder, criterion, post, num_classes, config,
+                    channels_last=opts["channels_last"])
+
+
+class _SSDNeck(nn.Module):
+    """Backbone maps followed by SSD's extra layers on the last one."""
+
+    def __init__(self, extras: SSDExtras) -> None:
+        super().__init__()
+        self.extras = extras
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        return list(feats) + self.extras(feats[-1])
+
+
+MODELS = tuple(FAMILY_DEFAULTS)
+
+
+def load_matching_state(model: nn.Module, state: dict[str, Tensor], verbose: bool = True) -> tuple[list[str], list[str]]:
+    """Load every tensor of ``state`` whose name and shape match ``model``; the others (e.g. the
+    class layers when the number of classes changed) keep their fresh initialisation.
+    -> (kept names, re-initialised names); prints a summary when ``verbose``."""
+    own = model.state_dict()
+    kept = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+    reinit = [k for k in own if k not in kept]
+    model.load_state_dict({k: state[k] for k in kept}, strict=False)
+    if verbose:
+        print(f"loaded {len(kept)} of {len(own)} tensors from the checkpoint; re-initialised {len(reinit)}:")
+        for k in reinit:
+            reason = "shape differs" if k in state else "not in checkpoint"
+            print(f"  {k} ({reason}: model {tuple(own[k].shape)}"
+                  + (f", checkpoint {tuple(state[k].shape)})" if k in state else ")"))
+    return kept, reinit

@@ -1,0 +1,51 @@
+"""SSD: extra feature layers and the per-level 3x3 classification / box predictors."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .common import flatten_level
+
+
+class SSDExtras(nn.Module):
+    """Extra feature maps after the backbone: each a 1x1 reduction and a 3x3 stride-2 conv
+    (SSD300's conv8-conv11 pattern), halving the resolution every level."""
+
+    def __init__(self, in_channels: int, channels: list[tuple[int, int]]) -> None:
+        super().__init__()
+        layers, cin = [], in_channels
+        for mid, out in channels:
+            layers.append(nn.Sequential(nn.Conv2d(cin, mid, 1), nn.ReLU(inplace=True),
+                                        nn.Conv2d(mid, out, 3, stride=2, padding=1), nn.ReLU(inplace=True)))
+            cin = out
+        self.layers = nn.ModuleList(layers)
+        self.out_channels = [out for _, out in channels]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+class SSDHead(nn.Module):
+    """Per level a 3x3 conv to K * (C + 1) class logits (background last) and one to K * 4."""
+
+    def __init__(self, in_channels: list[int], boxes_per_location: list[int], num_classes: int) -> None:
+        super().__init__()
+        self.k, self.num_classes = boxes_per_location, num_classes
+        self.cls = nn.ModuleList(nn.Conv2d(c, k * (num_classes + 1), 3, padding=1)
+                                 for c, k in zip(in_channels, boxes_per_location, strict=True))
+        self.box = nn.ModuleList(nn.Conv2d(c, k * 4, 3, padding=1) for c, k in zip(in_channels, boxes_per_location, strict=True))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """-> cls logits [B, A_total, C + 1], box deltas [B, A_total, 4] (float32)."""
+        cls = [flatten_level(conv(f), k) for conv, f, k in zip(self.cls, feats, self.k, strict=True)]
+        box = [flatten_level(conv(f), k) for conv, f, k in zip(self.box, feats, self.k, strict=True)]
+        return torch.cat(cls, 1).float(), torch.cat(box, 1).float()
