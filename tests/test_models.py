@@ -81,9 +81,10 @@ def _oracle(model, images, boxes, labels):
     return model.postprocess(oracle, model.decode(oracle), [out.image_size])[0]
 
 
-@pytest.mark.parametrize("name", ["retinanet", "ssd", "yolo"])
-def test_predict_decodes_an_oracle_output_back_to_its_boxes(name):
-    model = build_model(name, num_classes=3).eval()
+@pytest.mark.parametrize("name, options", [("retinanet", {}), ("ssd", {}), ("yolo", {}), ("yolo", {"sqrt_wh": False}),
+                                           ("retinanet", {"assigner": "atss"})])
+def test_predict_decodes_an_oracle_output_back_to_its_boxes(name, options):
+    model = build_model(name, num_classes=3, **options).eval()
     boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 90.0, 44.0], [5.0, 90.0, 120.0, 125.0]])
     labels = torch.tensor([0, 2, 1])
     with torch.no_grad():

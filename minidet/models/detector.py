@@ -207,7 +207,8 @@ def _criterion(family: str, opts: dict, weighting):
         return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting)
     if assigner != "yolo":
         raise ValueError(f"assigner {assigner!r} cannot train a YOLO head; valid choice: yolo")
-    return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting)
+    return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting,
+                         coder=YOLOCellCoder(sqrt_wh=opts["sqrt_wh"]))
 
 
 def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained: bool = False, **options) -> Detector:
@@ -216,8 +217,9 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     Options (all optional): cls_loss, reg_loss, assigner, weighting (fixed, alwa1, alwa2,
     self_balance, uncertainty), alwa_interval, sb_period; anchor_sizes (RetinaNet, one per
     level), fpn_channels, head_convs, head_norm ("gn"), p6_from; boxes_per_cell (YOLO);
-    score_thresh, topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width
-    (tiny backbone); channels_last.
+    sqrt_wh (YOLO: predict sqrt w, sqrt h as the paper, or w, h directly); score_thresh,
+    topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width (tiny backbone);
+    channels_last.
     """
     if name not in FAMILY_DEFAULTS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(FAMILY_DEFAULTS)}")
@@ -227,7 +229,7 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     opts = {"cls_loss": defaults["cls_loss"], "reg_loss": defaults["reg_loss"], "assigner": defaults["assigner"],
             "weighting": None, "alwa_interval": 100, "sb_period": None, "boxes_per_cell": 2,
             "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
-            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False}
+            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False, "sqrt_wh": True}
     unknown = set(options) - set(opts) - {"score_thresh", "topk_per_level", "nms_thresh", "max_det",
                                           "frozen_stages", "frozen_bn", "width"}
     if unknown:
@@ -264,7 +266,7 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
         neck = None
         gen = GridCellGenerator(opts["boxes_per_cell"])
         head = YOLOHead(bb.out_channels[-1], num_classes, opts["boxes_per_cell"])
-        coder = YOLOCellCoder(sqrt_wh=True)
+        coder = YOLOCellCoder(sqrt_wh=opts["sqrt_wh"])
     return Detector(name, bb, neck, head, gen, coder, criterion, post, num_classes, config,
                     channels_last=opts["channels_last"])
 
