@@ -1,0 +1,1 @@
+"""minidet.engine: checkpoints (and, with the training issue, the trainer and friends)."""

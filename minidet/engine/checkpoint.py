@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically, read with clear errors, turned back into models.
+
+A checkpoint is a dict saved with torch.save; the fields a model needs are "model" (state
+dict), "config" (``build_model`` arguments), "class_names" and "img_size"; training adds
+optimizer, scheduler, scaler, EMA, weighting state, epoch / iteration and RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..models import build_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "CheckpointError"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated or not a minidet checkpoint."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash during the write never leaves a truncated checkpoint at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint; a clear CheckpointError for missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} — check the --weights / --resume path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise CheckpointError(f"cannot read checkpoint {path} ({err.__class__.__name__}: {err}) — the file is "
+                              f"truncated or not a PyTorch checkpoint; use another checkpoint (e.g. best.pt or "
+                              f"last.pt of the run)") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a minidet checkpoint (it needs 'model' and 'config' entries); "
+                              f"train with python -m minidet.train to make one")
+    return state
+
+
+def model_from_checkpoint(state: dict | str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the model a checkpoint describes and load its weights -> (model, checkpoint)."""
+    if not isinstance(state, dict):
+        state = load_checkpoint(state, map_location)
+    config = dict(state["config"])
+    name = config.pop("name")
+    num_classes = config.pop("num_classes")
+    backbone = config.pop("backbone", "tiny")
+    model = build_model(name, num_classes, backbone=backbone, **config)
+    model.load_state_dict(state["model"])
+    model.class_names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
+    model.img_size = state.get("img_size")
+    return model, state
