@@ -44,6 +44,9 @@ def collate(batch: list[dict], size_divisor: int = 32) -> tuple[Tensor, list[dic
             "scale": it.get("scale", (1.0, 1.0)),
             "image_size": (hs[i], ws[i]),
         })
+        for key in ("orig_boxes", "orig_ignore_boxes"):  # untouched annotations, for evaluation
+            if key in it:
+                targets[-1][key] = torch.as_tensor(it[key], dtype=torch.float32).reshape(-1, 4)
     return images, targets
 
 

@@ -144,7 +144,8 @@ class EvalTransform:
         canvas[:nh, :nw] = resized
         factors = np.array([sx, sy, sx, sy], np.float32)
         return {**item, "image": canvas, "boxes": item["boxes"] * factors,
-                "ignore_boxes": item["ignore_boxes"] * factors, "orig_size": (h, w), "scale": (sx, sy)}
+                "ignore_boxes": item["ignore_boxes"] * factors, "orig_size": (h, w), "scale": (sx, sy),
+                "orig_boxes": item["boxes"], "orig_ignore_boxes": item["ignore_boxes"]}
 
 
 def unletterbox(boxes, scale: tuple[float, float], orig_size: tuple[int, int]):

@@ -189,10 +189,8 @@ def _result_boxes(results, img_index: dict, cat_index: dict) -> Boxes:
     return Boxes(imgs, cats, boxes, boxes[:, 2] * boxes[:, 3], score=scores)
 
 
-def coco_evaluate(gt: dict | str | Path, results: list | str | Path, backend: str = "minidet") -> dict[str, float]:
-    """The 12 COCO bbox stats of ``results`` against ``gt`` (dicts / lists or JSON paths)."""
-    if backend != "minidet":
-        return _external(gt, results, backend)
+def load_coco_boxes(gt: dict | str | Path, results: list | str | Path) -> tuple[Boxes, Boxes, int]:
+    """Read and validate a COCO gt and a results list -> (detections, gts, number of categories)."""
     gt = _load(gt, "ground truth")
     if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) or not isinstance(gt.get("categories"), list):
         raise ResultsError("ground truth must be a COCO dict with 'images', 'annotations' and 'categories'")
@@ -202,7 +200,15 @@ def coco_evaluate(gt: dict | str | Path, results: list | str | Path, backend: st
     cat_index = {v: i for i, v in enumerate(cat_ids)}
     gts = _gt_boxes(gt, img_index, cat_index)
     dts = _result_boxes(_load(results, "results"), img_index, cat_index)
-    return evaluate_boxes(dts, gts, len(cat_ids))[0]
+    return dts, gts, len(cat_ids)
+
+
+def coco_evaluate(gt: dict | str | Path, results: list | str | Path, backend: str = "minidet") -> dict[str, float]:
+    """The 12 COCO bbox stats of ``results`` against ``gt`` (dicts / lists or JSON paths)."""
+    if backend != "minidet":
+        return _external(gt, results, backend)
+    dts, gts, n_categories = load_coco_boxes(gt, results)
+    return evaluate_boxes(dts, gts, n_categories)[0]
 
 
 def _external(gt, results, backend: str) -> dict[str, float]:

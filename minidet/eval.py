@@ -1,0 +1,146 @@
+"""Evaluate a trained detector on a dataset, or any detector's COCO result files.
+
+    python -m minidet.eval --weights runs/shapes/best.pt                     # shapes val split
+    python -m minidet.eval --weights CKPT --data datasets/coco2017.yaml --metrics coco lrp
+    python -m minidet.eval --gt instances_val.json --results detections.json
+
+Prints the COCO table (and VOC mAP / LRP with --metrics) and a per-class AP table, and writes
+predictions.json (COCO results format, original category ids) and metrics.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .data import EvalTransform, build_dataset, build_loader
+from .data.problems import DataError
+from .engine.checkpoint import CheckpointError, model_from_checkpoint
+from .evaluation import COCOEvaluator, coco_evaluate, format_table
+from .evaluation.coco import ResultsError, load_coco_boxes
+from .evaluation.lrp import lrp_from_boxes
+from .evaluation.voc import VOCEvaluator
+
+METRICS = ("coco", "voc", "voc07", "lrp")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m minidet.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", help="checkpoint of a minidet model (model + config + class names)")
+    p.add_argument("--data", default=None, help="dataset YAML, dataset folder or 'shapes' (default: the checkpoint's "
+                   "training data if it recorded one, else shapes)")
+    p.add_argument("--format", choices=["coco", "voc", "yolo"], default=None, help="format of a dataset folder")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--img-size", type=int, default=None, help="letterbox size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--score-thresh", type=float, default=None, help="override the model's score threshold")
+    p.add_argument("--lenient", action="store_true", help="skip broken annotations / images instead of stopping")
+    p.add_argument("--gt", help="COCO ground-truth JSON (evaluate result files without a model)")
+    p.add_argument("--results", help="COCO results JSON (with --gt)")
+    p.add_argument("--backend", choices=["minidet", "pycocotools", "faster-coco-eval"], default="minidet",
+                   help="COCO evaluation implementation (--gt/--results mode)")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=["coco"], help="metrics to report")
+    p.add_argument("--out", default="runs/eval", help="folder for predictions.json and metrics.json")
+    args = p.parse_args(argv)
+    if bool(args.gt) != bool(args.results):
+        p.error("--gt and --results go together")
+    if not args.gt and not args.weights:
+        p.error("give --weights CKPT (evaluate a model) or --gt GT.json --results RESULTS.json")
+    return args
+
+
+def per_class_table(aps: dict[str, float]) -> str:
+    width = max([len(n) for n in aps] + [5])
+    lines = [f"{'class':<{width}}  AP@[.5:.95]"]
+    lines += [f"{name:<{width}}  {'   n/a' if ap != ap else f'{ap:6.3f}'}" for name, ap in aps.items()]
+    return "\n".join(lines)
+
+
+def evaluate_files(args) -> dict:
+    stats = coco_evaluate(args.gt, args.results, backend=args.backend)
+    print(format_table(stats))
+    metrics = {"coco": stats}
+    if "lrp" in args.metrics:
+        dts, gts, n_cats = load_coco_boxes(args.gt, args.results)
+        metrics["lrp"] = lrp_from_boxes(dts, gts, n_cats)[0]
+        print("oLRP {oLRP:.3f} (loc {oLRP_loc:.3f}, FP {oLRP_FP:.3f}, FN {oLRP_FN:.3f})".format(**metrics["lrp"]))
+    return metrics
+
+
+def evaluate_model(args) -> dict:
+    device = torch.device(args.device)
+    model, ckpt = model_from_checkpoint(args.weights, map_location="cpu")
+    model.to(device).eval()
+    if args.score_thresh is not None:
+        model.postprocess.score_thresh = args.score_thresh
+    size = args.img_size or ckpt.get("img_size") or 512
+    data = args.data or ckpt.get("data") or "shapes"
+    dataset = build_dataset(data, args.split, strict=not args.lenient, transform=EvalTransform(size), fmt=args.format)
+    if dataset.report.total:
+        print(dataset.report.summary())
+    if dataset.num_classes != model.num_classes:
+        raise DataError(f"the checkpoint predicts {model.num_classes} classes ({model.class_names}) but {data} has "
+                        f"{dataset.num_classes} ({dataset.class_names}) — evaluate on the data it was trained for")
+    loader = build_loader(dataset, args.batch_size, train=False, workers=args.workers)
+    coco = COCOEvaluator(dataset.num_classes, dataset.class_names)
+    voc = {m: VOCEvaluator(dataset.num_classes, use_07_metric=(m == "voc07"), class_names=dataset.class_names)
+           for m in ("voc", "voc07") if m in args.metrics}
+    predictions, t0, n = [], time.perf_counter(), 0
+    for images, targets in tqdm(loader, desc=f"eval {args.split}", unit="batch", file=sys.stdout):
+        dets = model.predict(images.to(device), [t["image_size"] for t in targets], [t["scale"] for t in targets],
+                             [t["orig_size"] for t in targets])
+        dets = [{k: v.cpu() for k, v in d.items()} for d in dets]
+        gts = [{"boxes": t["orig_boxes"], "labels": t["labels"], "ignore_boxes": t["orig_ignore_boxes"]} for t in targets]
+        coco.update(dets, gts)
+        for ev in voc.values():
+            ev.update(dets, [{"boxes": t["orig_boxes"], "labels": t["labels"]} for t in targets])
+        for d, t in zip(dets, targets, strict=True):
+            for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True):
+                x1, y1, x2, y2 = box
+                predictions.append({"image_id": t["image_id"], "category_id": dataset.category_ids[label],
+                                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                    "score": round(score, 5)})
+        n += len(images)
+    seconds = time.perf_counter() - t0
+    stats = coco.compute()
+    print(format_table(stats))
+    print(per_class_table(coco.per_class()))
+    metrics = {"coco": stats, "per_class_AP": coco.per_class(), "images": n, "seconds": seconds}
+    for name, ev in voc.items():
+        metrics[name] = ev.compute()
+        print(f"VOC mAP@0.5 ({'11-point' if name == 'voc07' else 'all-point'}): {metrics[name]['mAP']:.4f}")
+    if "lrp" in args.metrics:
+        metrics["lrp"] = coco.compute_lrp()
+        print("oLRP {oLRP:.3f} (loc {oLRP_loc:.3f}, FP {oLRP_FP:.3f}, FN {oLRP_FN:.3f})".format(**metrics["lrp"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(predictions))
+    print(f"{n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s); wrote {out / 'predictions.json'}")
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        metrics = evaluate_files(args) if args.gt else evaluate_model(args)
+    except (DataError, ResultsError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
