@@ -85,6 +85,10 @@ class DetectionDataset(Dataset):
         self.transform = transform
         self.category_ids = list(category_ids) if category_ids is not None else list(range(len(class_names)))
         self.skipped_images = 0
+        # With aug_seed set, the transform is reseeded per (epoch, index): augmentations then do
+        # not depend on worker count or order, and a resumed run repeats them exactly.
+        self.aug_seed: int | None = None
+        self.epoch = 0
 
     @property
     def num_classes(self) -> int:
@@ -117,4 +121,8 @@ class DetectionDataset(Dataset):
                 print(f"warning: skipping an unreadable image: {err}")
         else:
             raise DataError("no readable image in the dataset")
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        if self.aug_seed is not None and hasattr(self.transform, "reseed"):
+            self.transform.reseed((self.aug_seed * 1_000_003 + self.epoch * 100_003 + index) % 2**32)
+        return self.transform(item)

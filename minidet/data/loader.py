@@ -9,15 +9,46 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    RandomSampler,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
-__all__ = ["collate", "build_loader", "seed_worker"]
+__all__ = ["collate", "build_loader", "seed_worker", "EpochSampler", "ShardSampler"]
+
+
+class EpochSampler(DistributedSampler):
+    """A shuffling sampler whose order is a function of (seed, epoch) and that can start
+    part-way into an epoch (``set_epoch(epoch, skip)`` skips the first ``skip`` indices of this
+    process): what a resumed run needs. Shards over processes like DistributedSampler."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0, shuffle: bool = True) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
+                         rank=dist.get_rank() if distributed else 0, shuffle=shuffle, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip :])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+class ShardSampler(Sampler):
+    """This process's share of the indices, in order, without padding (for evaluation)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.indices = list(range(rank, len(dataset), world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def collate(batch: list[dict], size_divisor: int = 32) -> tuple[Tensor, list[dict]]:
@@ -63,12 +94,15 @@ def seed_worker(worker_id: int) -> None:
 
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0,
-                 pin_memory: bool | None = None, drop_last: bool | None = None) -> DataLoader:
+                 pin_memory: bool | None = None, drop_last: bool | None = None, resumable: bool = False) -> DataLoader:
     """A DataLoader over ``dataset``; under torch.distributed each process reads its own shard
-    (DistributedSampler: call ``loader.sampler.set_epoch(epoch)`` every epoch)."""
+    (call ``loader.sampler.set_epoch(epoch)`` every epoch). ``resumable`` uses EpochSampler."""
     generator = torch.Generator().manual_seed(seed)
-    if dist.is_available() and dist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=bool(train))
+    distributed = dist.is_available() and dist.is_initialized()
+    if train and resumable:
+        sampler = EpochSampler(dataset, seed=seed)
+    elif distributed:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True) if train else ShardSampler(dataset)
     elif train:
         sampler = RandomSampler(dataset, generator=generator)
     else:
@@ -77,5 +111,5 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train if drop_last is None else drop_last, worker_init_fn=seed_worker,
-        generator=generator, persistent_workers=workers > 0,
+        generator=generator, persistent_workers=workers > 0 and not resumable,
     )

@@ -1,0 +1,160 @@
+"""python -m minidet.train end to end on tiny shapes data: learning, exact resume, non-finite
+losses, recipes, fine-tuning and a 2-process gloo DDP run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minidet.engine.checkpoint import load_checkpoint
+from minidet.engine.trainer import Trainer
+from minidet.train import main, parse_args
+
+TINY = ["--shapes-images", "32", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--quiet",
+        "--warmup-iters", "2", "--log-interval", "1", "--eval-interval", "1"]
+
+
+def records(run: Path, kind: str = "train") -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_training_learns(tmp_path):
+    common = [*TINY, "--lr", "0.002", "--shapes-images", "64", "--img-size", "96", "--warmup-iters", "5",
+              "--eval-interval", "4"]
+    assert main([*common, "--epochs", "0", "--out", str(tmp_path / "untrained")]) == 0
+    run = tmp_path / "run"
+    assert main([*common, "--epochs", "8", "--out", str(run)]) == 0
+    train = records(run)
+    assert len(train) == 8 * 8
+    first = sum(r["loss"] for r in train[:4]) / 4
+    last = sum(r["loss"] for r in train[-4:]) / 4
+    assert last < 0.8 * first
+    untrained = json.loads((tmp_path / "untrained" / "summary.json").read_text())["final"]["AP"]
+    trained = json.loads((run / "summary.json").read_text())["final"]["AP"]
+    assert trained > untrained and trained > 0.002
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json"):
+        assert (run / name).is_file(), name
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["class_names"] == ["circle", "square", "triangle", "star"] and ckpt["img_size"] == 96
+
+
+def test_resume_repeats_the_uninterrupted_losses(tmp_path, monkeypatch):
+    args = [*TINY, "--epochs", "2", "--val-split", "none"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    full = [r["loss"] for r in records(tmp_path / "full")]
+
+    original = Trainer.step
+
+    def killed(self, images, targets):  # Ctrl-C after 5 iterations (mid-epoch 2)
+        if self.state.iteration == 5:
+            raise KeyboardInterrupt
+        return original(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "step", killed)
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--out", str(tmp_path / "cut")])
+    assert stop.value.code == 130
+    monkeypatch.setattr(Trainer, "step", original)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["train_state"]["iteration"] == 5
+    assert main(["--resume", str(tmp_path / "cut" / "last.pt"), "--quiet", "--workers", "0"]) == 0
+    resumed = [r["loss"] for r in records(tmp_path / "cut")]
+    assert len(resumed) == len(full) == 8
+    assert resumed == full  # bit-identical per-iteration losses on CPU
+
+
+def test_non_finite_losses_are_skipped_then_stop_training(tmp_path, monkeypatch, capsys):
+    from minidet.criterion import DenseCriterion
+
+    original = DenseCriterion.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, outputs, targets):
+        out = original(self, outputs, targets)
+        calls["n"] += 1
+        if calls["n"] in (2, 3):
+            out["cls"] = torch.tensor(float("nan"))
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(DenseCriterion, "forward", sometimes_nan)
+    run = tmp_path / "run"
+    assert main([*TINY, "--epochs", "1", "--val-split", "none", "--out", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "non-finite loss at iteration 1 (components: loss, cls); step skipped (1 in a row)" in text
+    assert len(records(run)) == 2  # 4 batches, 2 skipped
+    good = (run / "last.pt").read_bytes()
+
+    def always_nan(self, outputs, targets):
+        out = original(self, outputs, targets)
+        out["loss"] = out["loss"] * float("inf") * 0
+        return out
+
+    monkeypatch.setattr(DenseCriterion, "forward", always_nan)
+    rc = main(["--resume", str(run / "last.pt"), "--epochs", "3", "--max-bad-steps", "3", "--quiet", "--workers", "0"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "3 consecutive non-finite losses" in err and "last good checkpoint" in err
+    assert (run / "last.pt").read_bytes() == good  # untouched
+
+
+def test_recipe_and_flag_precedence(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 0.1\nepochs: 3\nreg-loss: giou\n")
+    args = parse_args(["--config", str(recipe), "--epochs", "1"])
+    assert args.lr == 0.1 and args.epochs == 1 and args.reg_loss == "giou" and args.batch_size == 16
+    recipe.write_text("learning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(recipe)])
+
+
+def test_bad_flags_and_data_give_clear_errors(tmp_path, capsys):
+    assert main([*TINY, "--data", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "dataset YAML not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "detr"])
+    assert main([*TINY, "--cls-loss", "ce", "--out", str(tmp_path / "r2")]) == 2
+    assert "cannot train a RetinaNet" in capsys.readouterr().err
+
+
+def test_fine_tuning_on_fewer_classes(tmp_path, capsys):
+    assert main([*TINY, "--epochs", "1", "--val-split", "none", "--out", str(tmp_path / "src")]) == 0
+    data = tmp_path / "two.yaml"
+    data.write_text("format: shapes\ntrain: {num_images: 16, image_size: 64, classes: 2}\n"
+                    "val: {num_images: 8, image_size: 64, classes: 2}\n")
+    rc = main([*TINY, "--epochs", "1", "--data", str(data), "--weights", str(tmp_path / "src" / "last.pt"),
+               "--out", str(tmp_path / "ft")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "re-initialised 2:" in out and "head.cls_logits.weight (shape differs" in out
+    assert load_checkpoint(tmp_path / "ft" / "last.pt")["class_names"] == ["circle", "square"]
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "minidet.train", *TINY, "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    train = records(tmp_path / "ddp")
+    assert len(train) == 2  # 32 images / (8 per process x 2 processes)
+    assert len(records(tmp_path / "ddp", "eval")) == 1
+    assert (tmp_path / "ddp" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].joinpath("train").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_parse(recipe):
+    args = parse_args(["--config", str(recipe)])
+    assert args.model in ("retinanet", "ssd", "yolo") and args.epochs > 0
+
+
+def test_default_recipe_is_the_no_flag_default():
+    recipe = Path(__file__).resolve().parents[1] / "train" / "shapes_default.yaml"
+    from_recipe = {k: v for k, v in vars(parse_args(["--config", str(recipe)])).items() if k not in ("config", "_given")}
+    default = {k: v for k, v in vars(parse_args([])).items() if k not in ("config", "_given")}
+    assert from_recipe == default
