@@ -158,3 +158,14 @@ def test_default_recipe_is_the_no_flag_default():
     from_recipe = {k: v for k, v in vars(parse_args(["--config", str(recipe)])).items() if k not in ("config", "_given")}
     default = {k: v for k, v in vars(parse_args([])).items() if k not in ("config", "_given")}
     assert from_recipe == default
+
+
+def test_weighting_state_and_bf16_autocast(tmp_path):
+    run = tmp_path / "alwa"
+    assert main([*TINY, "--epochs", "1", "--val-split", "none", "--amp", "bf16", "--weighting", "alwa2",
+                 "--alwa-interval", "3", "--out", str(run)]) == 0
+    state = load_checkpoint(run / "last.pt")["model"]
+    history = state["criterion.weighting._extra_state"]
+    assert len(history["cls_history"]) == 4 % 3  # 4 steps: one full window of 3 used and cleared
+    assert "criterion.weighting.lambda_cls" in state
+    assert all(abs(r["weight_cls"] - 1.0) < 1 for r in records(run))

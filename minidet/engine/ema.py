@@ -25,6 +25,8 @@ class ModelEMA:
         d = self.decay * (1 - math.exp(-self.updates / self.tau))
         ema_state = self.module.state_dict()
         for k, v in model.state_dict().items():
+            if not isinstance(v, torch.Tensor):  # extra state (loss-weighting records) is not averaged
+                continue
             if v.dtype.is_floating_point and k in ema_state:
                 ema_state[k].mul_(d).add_(v.detach(), alpha=1 - d)
             elif k in ema_state:

@@ -290,13 +290,18 @@ def load_matching_state(model: nn.Module, state: dict[str, Tensor], verbose: boo
     class layers when the number of classes changed) keep their fresh initialisation.
     -> (kept names, re-initialised names); prints a summary when ``verbose``."""
     own = model.state_dict()
-    kept = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+
+    def same(k, v) -> bool:  # tensors must agree in shape; extra state (ALWA / SB records) is kept as is
+        return k in own and (getattr(own[k], "shape", None) == getattr(v, "shape", None))
+
+    kept = [k for k, v in state.items() if same(k, v)]
     reinit = [k for k in own if k not in kept]
     model.load_state_dict({k: state[k] for k in kept}, strict=False)
     if verbose:
         print(f"loaded {len(kept)} of {len(own)} tensors from the checkpoint; re-initialised {len(reinit)}:")
         for k in reinit:
             reason = "shape differs" if k in state else "not in checkpoint"
-            print(f"  {k} ({reason}: model {tuple(own[k].shape)}"
-                  + (f", checkpoint {tuple(state[k].shape)})" if k in state else ")"))
+            shape = tuple(getattr(own[k], "shape", ()))
+            print(f"  {k} ({reason}: model {shape}"
+                  + (f", checkpoint {tuple(getattr(state[k], 'shape', ()))})" if k in state else ")"))
     return kept, reinit
