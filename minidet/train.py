@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     try:
         resume = load_checkpoint(args.resume) if args.resume else None
         if resume is not None:  # the run continues with its own configuration, except flags given now
-            vars(args).update({k: v for k, v in resume["args"].items() if k not in args._given and k not in ("resume", "_given")})
+            vars(args).update({k: v for k, v in resume["args"].items()
+                               if k not in args._given and k not in ("resume", "_given", "data_spec")})
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
         train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient,
                                   transform=TrainTransform(args.img_size, seed=args.seed), fmt=args.format)
@@ -168,13 +169,14 @@ def main(argv=None) -> int:
             load_matching_state(model, ckpt["model"], verbose=is_main())
         model.to(device)
         config = dict(model.config)
-        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "_given")}
+        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "_given", "data_spec")}
         if is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
             print("configuration:\n  " + yaml.safe_dump(resolved, sort_keys=True).rstrip().replace("\n", "\n  "))
             print(f"model: {args.model} ({args.backbone}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
                   f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
+        args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
         trainer = Trainer(args, model, train_set, val_set, run_dir, device, train_set.class_names, config)
         if resume is not None:
             trainer.restore(resume)

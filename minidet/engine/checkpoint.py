@@ -15,7 +15,9 @@ import torch
 
 from ..models import build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "slim_checkpoint", "CheckpointError"]
+
+INFERENCE_KEYS = ("model", "config", "class_names", "img_size", "data", "category_ids")
 
 
 class CheckpointError(RuntimeError):
@@ -33,6 +35,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,3 +73,15 @@ def model_from_checkpoint(state: dict | str | Path, map_location: str | torch.de
     model.class_names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     model.img_size = state.get("img_size")
     return model, state
+
+
+def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True, **overrides) -> Path:
+    """Keep only what inference needs (weights, config, class names, image size, data) -> dst;
+    ``half`` stores floating-point weights as float16 (half the size; loaded back as float32)."""
+    state = load_checkpoint(src)
+    slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    if half:
+        slim["model"] = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                         for k, v in slim["model"].items()}
+    slim.update(overrides)
+    return save_checkpoint(slim, dst)

@@ -114,7 +114,8 @@ class Trainer:
     def checkpoint(self) -> dict:
         return {
             "model": self.model.state_dict(), "config": self.config, "class_names": self.class_names,
-            "img_size": self.args.img_size, "data": self.args.data, "optimizer": self.optimizer.state_dict(),
+            "img_size": self.args.img_size, "data": getattr(self.args, "data_spec", self.args.data),
+            "category_ids": getattr(self.train_set, "category_ids", None), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None, "train_state": vars(self.state).copy(),
             "rng": rng_state(), "args": vars(self.args),
