@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
       "also ap, alrp for RetinaNet")
     a("--reg-loss", default="giou", help="regression loss: l1, l2, smooth_l1, iou, giou, diou, ciou")
     a("--assigner", default="atss", help="maxiou or atss (RetinaNet), ssd or maxiou (SSD), yolo")
-    a("--anchor-sizes", type=int, nargs=5, default=[16, 32, 64, 128, 256], help="RetinaNet anchor base sizes for P3-P7 "
+    a("--anchor-sizes", type=int, nargs=5, default=[16, 32, 64, 128, 256], metavar="SIZE", help="RetinaNet anchor base sizes for P3-P7 "
       "(default 32..512; ATSS: 8 x stride)")
     a("--head-norm", default="gn", choices=["gn", "none"], help="GroupNorm in the RetinaNet head towers")
     a("--weighting", default=None, choices=list(WEIGHTINGS), help="loss-weighting scheme (default: the family's)")
