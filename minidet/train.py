@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-interval", type=int, default=4, help="evaluate every N epochs (and after the last)")
     a("--log-interval", type=int, default=10, help="log every N iterations")
     a("--max-bad-steps", type=int, default=10, help="stop after this many consecutive non-finite losses")
+    a("--diagnostics", action="store_true", help="log positives per image, the classification score / IoU "
+      "correlation of positives and the negative / positive gradient ratio of the classification logits")
     a("--tensorboard", action="store_true", help="also log to TensorBoard (needs the tensorboard package)")
     a("--seed", type=int, default=0, help="random seed")
     a("--quiet", action="store_true", help="no progress bars")
@@ -162,6 +164,8 @@ def main(argv=None) -> int:
                     print(f"{name} data: {ds.report.summary()}")
         model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
                             **model_options(args))
+        if args.diagnostics:
+            model.criterion.diagnostics_enabled = True
         if args.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if args.weights and resume is None:

@@ -169,3 +169,11 @@ def test_weighting_state_and_bf16_autocast(tmp_path):
     assert len(history["cls_history"]) == 4 % 3  # 4 steps: one full window of 3 used and cleared
     assert "criterion.weighting.lambda_cls" in state
     assert all(abs(r["weight_cls"] - 1.0) < 1 for r in records(run))
+
+
+def test_diagnostics_are_logged(tmp_path):
+    run = tmp_path / "diag"
+    assert main([*TINY, "--epochs", "1", "--val-split", "none", "--diagnostics", "--out", str(run)]) == 0
+    rec = records(run)[-1]
+    assert rec["grad_ratio"] > 0 and rec["pos_per_image"] > 0
+    assert -1 <= rec["score_iou_spearman"] <= 1

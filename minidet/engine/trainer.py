@@ -225,6 +225,9 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        diagnostics = getattr(self.model.criterion, "diagnostics", {})
+        if "grad_ratio" in diagnostics:  # measured by a hook during this backward pass
+            losses = {**losses, "grad_ratio": torch.tensor(diagnostics.pop("grad_ratio"))}
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
