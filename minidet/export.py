@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,7 +51,11 @@ def export(weights: str | Path, fmt: str, out: str | Path | None = None, atol: f
     wrapper = ExportWrapper(model).eval()
     sample = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     path = Path(out) if out else Path(weights).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the coders' mean / std tensors are meant to become constants of the graph, and the
+        # TorchScript-based ONNX exporter is chosen on purpose (the new one needs onnxscript)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         ref = wrapper(sample)
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, sample, check_trace=False)

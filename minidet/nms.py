@@ -70,6 +70,7 @@ def _nms_impl(boxes: Tensor, scores: Tensor, groups: Tensor | None, thr: float) 
     n = boxes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    boxes = boxes.detach()  # indices only: no gradient flows through NMS
     if boxes.dtype not in (torch.float32, torch.float64):
         boxes = boxes.float()  # half inputs: decide in float32
     order = torch.sort(scores, descending=True, stable=True)[1]
