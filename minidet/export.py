@@ -56,6 +56,7 @@ def export(weights: str | Path, fmt: str, out: str | Path | None = None, atol: f
         # TorchScript-based ONNX exporter is chosen on purpose (the new one needs onnxscript)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export but works
         ref = wrapper(sample)
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, sample, check_trace=False)
