@@ -32,6 +32,12 @@ def _check_class_targets(logits: Tensor, targets: Tensor) -> None:
         )
 
 
+def _split_ignored(targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """(mask [N] of non-ignored targets, targets with ignored entries replaced by class 0)."""
+    valid = targets != ignore_index
+    return valid, torch.where(valid, targets, torch.zeros_like(targets))
+
+
 def softmax_cross_entropy(
     logits: Tensor,
     targets: Tensor,
@@ -46,8 +52,7 @@ def softmax_cross_entropy(
     """
     _check_class_targets(logits, targets)
     x = as_float32(logits)
-    valid = targets != ignore_index
-    safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+    valid, safe_t = _split_ignored(targets, ignore_index)
     loss = torch.logsumexp(x, dim=1) - x.gather(1, safe_t[:, None]).squeeze(1)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if reduction == "mean":
@@ -198,8 +203,7 @@ def softmax_focal_loss(
     """
     _check_class_targets(logits, targets)
     x = as_float32(logits)
-    valid = targets != ignore_index
-    safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+    valid, safe_t = _split_ignored(targets, ignore_index)
     log_pt = torch.log_softmax(x, dim=1).gather(1, safe_t[:, None]).squeeze(1)
     loss = -((1 - log_pt.exp()).clamp(min=0).pow(gamma)) * log_pt
     if alpha is not None:
@@ -246,8 +250,7 @@ def multiclass_hinge_loss(
     """
     _check_class_targets(logits, targets)
     x = as_float32(logits)
-    valid = targets != ignore_index
-    safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+    valid, safe_t = _split_ignored(targets, ignore_index)
     x_t = x.gather(1, safe_t[:, None])
     margins = (margin - x_t + x).clamp(min=0)
     margins = margins.scatter(1, safe_t[:, None], 0.0)  # the target class itself does not count
