@@ -217,13 +217,14 @@ class DenseCriterion(Criterion):
 class SSDCriterion(Criterion):
     """SSD: softmax classification over C + 1 classes (background last) on the positives and
     the hardest negatives (at most ``neg_pos_ratio`` per positive, per image, ranked by their
-    loss), plus Smooth L1 (beta 1) on SSD-encoded offsets; both divided by #positives."""
+    loss), plus Smooth L1 (beta 1) on SSD-encoded offsets; both divided by #positives.
+    ``neg_pos_ratio=None`` turns mining off: every negative takes part."""
 
     head_kind = "softmax head"
     CLS_CHOICES = ("ce", "softmax_focal", "hinge")
 
     def __init__(self, assigner=None, cls_loss: str = "ce", reg_loss: str = "smooth_l1", coder=None,
-                 weighting: LossWeighting | None = None, neg_pos_ratio: float = 3.0,
+                 weighting: LossWeighting | None = None, neg_pos_ratio: float | None = 3.0,
                  smooth_l1_beta: float = 1.0, normalizer_momentum: float | None = None,
                  diagnostics: bool = False) -> None:
         super().__init__(assigner or SSDMatcher(), weighting, normalizer_momentum, diagnostics)
@@ -244,7 +245,10 @@ class SSDCriterion(Criterion):
         cls_target = torch.where(pos, assigned.labels, torch.full_like(assigned.labels, c1 - 1))
         per_prior = CLASSIFICATION_LOSSES[self.cls_name](
             logits.reshape(-1, c1), cls_target.reshape(-1), reduction="none").view(b, a)
-        hard_neg = hard_negative_mask(per_prior.detach(), pos, negative, self.neg_pos_ratio)
+        if self.neg_pos_ratio is None:  # no mining: every negative counts (e.g. with softmax_focal)
+            hard_neg = negative
+        else:
+            hard_neg = hard_negative_mask(per_prior.detach(), pos, negative, self.neg_pos_ratio)
         cls = (per_prior * (pos | hard_neg)).sum() / norm
         pred, priors, gt = _positive_parts(outputs, assigned, gt_boxes)
         fn = REGRESSION_LOSSES[self.reg_name]

@@ -26,6 +26,18 @@ from .models import BACKBONES, MODELS, build_model, load_matching_state
 from .weighting import WEIGHTINGS
 
 
+def _ratio(text: str) -> float | None:
+    if text == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minidet.train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -60,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--head-norm", default="gn", choices=["gn", "none"], help="GroupNorm in the RetinaNet head towers")
     a("--weighting", default=None, choices=list(WEIGHTINGS), help="loss-weighting scheme (default: the family's)")
     a("--alwa-interval", type=int, default=100, help="ALWA window C in iterations")
+    a("--loss-weights", type=float, nargs=2, default=None, metavar=("CLS", "REG"),
+      help="fixed classification / regression loss weights (implies --weighting fixed), or ALWA's initial weights")
+    a("--neg-pos-ratio", type=_ratio, default=3.0, metavar="R|all",
+      help="SSD hard negative mining: negatives kept per positive, or 'all' (no mining)")
+    a("--alrp-iou", default="giou", choices=["giou", "iou"],
+      help="aLRP Loss localisation error: 1 - GIoU, or 2 (1 - IoU)")
     a("--amp", default=None, nargs="?", const="fp16", choices=["fp16", "bf16"],
       help="mixed precision: --amp (float16 + GradScaler, CUDA) or --amp bf16")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
@@ -134,6 +152,12 @@ def model_options(args) -> dict:
                 opts.pop(k)
     if args.weighting in ("alwa1", "alwa2"):
         opts["alwa_interval"] = args.alwa_interval
+    if getattr(args, "loss_weights", None):
+        opts["loss_weights"] = tuple(args.loss_weights)
+    if args.model == "ssd" and getattr(args, "neg_pos_ratio", 3.0) != 3.0:
+        opts["neg_pos_ratio"] = args.neg_pos_ratio
+    if getattr(args, "alrp_iou", "giou") != "giou":
+        opts["alrp_iou"] = args.alrp_iou
     if args.anchor_sizes and args.model == "retinanet":
         opts["anchor_sizes"] = tuple(args.anchor_sizes)
     if args.head_norm not in (None, "none") and args.model == "retinanet":

@@ -5,6 +5,7 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.models.detection.ssd import SSD
@@ -75,6 +76,21 @@ def test_ssd_criterion_matches_torchvision_ssd_loss():
     torch.testing.assert_close(ours["cls"], ref["classification"].detach())
     torch.testing.assert_close(ours["reg"], ref["bbox_regression"].detach())
     assert ours["hard_negatives"] == 3 * ours["num_pos"]
+
+
+def test_ssd_criterion_without_mining_counts_every_negative():
+    priors, npl = DefaultBoxGenerator(aspect_ratios=[[2], [2]], min_scale=0.2, max_scale=0.6)([(8, 8), (4, 4)], (64, 64))
+    out = _outputs(priors, npl, C + 1)
+    crit = SSDCriterion(neg_pos_ratio=None)
+    ours = crit(out, TARGETS)
+    assigned = crit.assigner.assign_batch(priors, npl, *pad_gts([t["boxes"] for t in TARGETS],
+                                                                [t["labels"] for t in TARGETS]))
+    pos, neg = assigned.positive, assigned.gt_inds == 0
+    target = torch.where(pos, assigned.labels, torch.full_like(assigned.labels, C))
+    per = F.cross_entropy(out.cls_logits.detach().reshape(-1, C + 1), target.reshape(-1), reduction="none")
+    expected = per[(pos | neg).reshape(-1)].sum() / pos.sum()
+    torch.testing.assert_close(ours["cls"], expected)
+    assert ours["hard_negatives"] == neg.sum()
 
 
 def test_yolo_criterion_by_hand():

@@ -170,3 +170,23 @@ def test_backbone_options():
     assert all(p.requires_grad for p in bb.layer2.parameters())
     assert bb.out_channels == [128, 256, 512]
     assert sum(p.numel() for p in build_backbone("tiny").parameters()) < 2_000_000
+
+
+def test_loss_weight_and_alrp_options_reach_the_criterion():
+    from minidet.weighting import ALWA, FixedWeights, SelfBalance
+
+    w = build_model("retinanet", 3, loss_weights=(0.25, 0.5)).criterion.weighting
+    assert isinstance(w, FixedWeights) and w.fixed == {"cls": 0.25, "reg": 0.5}
+    alwa = build_model("retinanet", 3, weighting="alwa1", loss_weights=(2.0, 1.5), alwa_interval=20).criterion.weighting
+    assert isinstance(alwa, ALWA) and alwa.variant == 1 and alwa.interval == 20
+    assert (float(alwa.lambda_cls), float(alwa.lambda_reg)) == (2.0, 1.5)
+    alrp = build_model("retinanet", 3, cls_loss="alrp", alrp_iou="iou").criterion
+    assert alrp.alrp_iou == "iou" and isinstance(alrp.weighting, SelfBalance)
+    no_sb = build_model("retinanet", 3, cls_loss="alrp", weighting="fixed").criterion.weighting
+    assert isinstance(no_sb, FixedWeights) and no_sb.fixed == {"cls": 1.0, "reg": 1.0}
+    with pytest.raises(ValueError, match="self_balance weighting sets its own"):
+        build_model("retinanet", 3, cls_loss="alrp", weighting="self_balance", loss_weights=(1.0, 2.0))
+    with pytest.raises(ValueError, match="two non-negative numbers"):
+        build_model("retinanet", 3, loss_weights=(1.0, -2.0))
+    with pytest.raises(ValueError, match="alrp_iou must be"):
+        build_model("retinanet", 3, cls_loss="alrp", alrp_iou="diou")

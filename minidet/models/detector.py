@@ -175,13 +175,25 @@ FAMILY_DEFAULTS = {
 SSD_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 
-def _weighting(name: str | None, loss: str, alwa_interval: int, sb_period: int | None):
+def _weighting(name: str | None, alwa_interval: int, sb_period: int | None,
+               loss_weights: tuple[float, float] | None):
+    """The weighting module; ``loss_weights`` (cls, reg) are the fixed weights (weighting None or
+    "fixed") or ALWA's initial weights."""
+    if name is None and loss_weights is not None:
+        name = "fixed"
     if name is None:
         return None
     if name not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(WEIGHTINGS)}")
+    if loss_weights is not None:
+        if len(loss_weights) != 2 or min(loss_weights) < 0:
+            raise ValueError(f"loss_weights must be two non-negative numbers (cls, reg), got {loss_weights}")
+        if name not in ("fixed", "alwa1", "alwa2"):
+            raise ValueError(f"loss_weights set fixed or ALWA's initial weights; the {name} weighting sets its own")
+    if name == "fixed" and loss_weights is not None:
+        return WEIGHTINGS[name](cls=loss_weights[0], reg=loss_weights[1])
     if name in ("alwa1", "alwa2"):
-        return WEIGHTINGS[name](interval=alwa_interval)
+        return WEIGHTINGS[name](interval=alwa_interval, init=tuple(loss_weights or (1.0, 1.0)))
     if name == "self_balance":
         return WEIGHTINGS[name](period=sb_period)
     return WEIGHTINGS[name]()
@@ -195,7 +207,7 @@ def _criterion(family: str, opts: dict, weighting):
             raise ValueError(f"assigner {assigner!r} cannot train a RetinaNet head; valid choices: maxiou, atss")
         a = assigners[assigner]()
         if cls in RANKING_CLS:
-            return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting)
+            return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting, alrp_iou=opts["alrp_iou"])
         if cls not in DENSE_CLS:
             raise ValueError(f"classification loss {cls!r} cannot train a RetinaNet (sigmoid) head; valid choices: "
                              f"{', '.join(DENSE_CLS + RANKING_CLS)}")
@@ -204,7 +216,7 @@ def _criterion(family: str, opts: dict, weighting):
         if assigner not in ("ssd", "maxiou"):
             raise ValueError(f"assigner {assigner!r} cannot train an SSD head; valid choices: ssd, maxiou")
         a = SSDMatcher() if assigner == "ssd" else MaxIoUAssigner()
-        return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting)
+        return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, neg_pos_ratio=opts["neg_pos_ratio"])
     if assigner != "yolo":
         raise ValueError(f"assigner {assigner!r} cannot train a YOLO head; valid choice: yolo")
     return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting,
@@ -215,7 +227,9 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     """A detector of family ``name`` ("retinanet", "ssd", "yolo") on ``backbone``.
 
     Options (all optional): cls_loss, reg_loss, assigner, weighting (fixed, alwa1, alwa2,
-    self_balance, uncertainty), alwa_interval, sb_period; anchor_sizes (RetinaNet, one per
+    self_balance, uncertainty), alwa_interval, sb_period, loss_weights ((cls, reg): fixed
+    weights, or ALWA's initial ones), alrp_iou ("giou" or "iou"), neg_pos_ratio (SSD hard
+    negatives per positive; None: no mining, every negative); anchor_sizes (RetinaNet, one per
     level), fpn_channels, head_convs, head_norm ("gn"), p6_from; boxes_per_cell (YOLO);
     sqrt_wh (YOLO: predict sqrt w, sqrt h as the paper, or w, h directly); score_thresh,
     topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width (tiny backbone);
@@ -227,7 +241,8 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     defaults = FAMILY_DEFAULTS[name]
     opts = {"cls_loss": defaults["cls_loss"], "reg_loss": defaults["reg_loss"], "assigner": defaults["assigner"],
-            "weighting": None, "alwa_interval": 100, "sb_period": None, "boxes_per_cell": 2,
+            "weighting": None, "alwa_interval": 100, "sb_period": None,
+            "loss_weights": None, "alrp_iou": "giou", "neg_pos_ratio": 3.0, "boxes_per_cell": 2,
             "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
             "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False, "sqrt_wh": True}
     unknown = set(options) - set(opts) - {"score_thresh", "topk_per_level", "nms_thresh", "max_det",
@@ -240,7 +255,7 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     post_defaults = defaults["post"]
     post = PostProcess(post_defaults.kind, *(options.get(k, getattr(post_defaults, k))
                                              for k in ("score_thresh", "topk_per_level", "nms_thresh", "max_det")))
-    weighting = _weighting(opts["weighting"], opts["cls_loss"], opts["alwa_interval"], opts["sb_period"])
+    weighting = _weighting(opts["weighting"], opts["alwa_interval"], opts["sb_period"], opts["loss_weights"])
     criterion = _criterion(name, opts, weighting)
     config = {"name": name, "num_classes": num_classes, "backbone": backbone, **options}
 
