@@ -114,7 +114,8 @@ def evaluate_model(args) -> dict:
     stats = coco.compute()
     print(format_table(stats))
     print(per_class_table(coco.per_class()))
-    metrics = {"coco": stats, "per_class_AP": coco.per_class(), "images": n, "seconds": seconds}
+    metrics = {"coco": stats, "AP_per_IoU": coco.ap_per_iou(), "per_class_AP": coco.per_class(), "images": n,
+               "seconds": seconds}
     for name, ev in voc.items():
         metrics[name] = ev.compute()
         print(f"VOC mAP@0.5 ({'11-point' if name == 'voc07' else 'all-point'}): {metrics[name]['mAP']:.4f}")

@@ -88,6 +88,30 @@ def test_in_memory_evaluator_matches_pycocotools():
     ref = coco_evaluate(gt, res, backend="pycocotools")
     assert all(ours[k] == pytest.approx(ref[k], abs=1e-6) for k in STAT_NAMES)
     assert set(ev.per_class()) == {"0", "1", "2"}
+    per_iou = ev.ap_per_iou()
+    precision = _pycocotools_precision(gt, res)  # [T, R, K, A, M]
+    for t, key in enumerate(f"{x:.2f}" for x in np.arange(0.5, 0.96, 0.05)):
+        p = precision[t, :, :, 0, 2]
+        assert per_iou[key] == pytest.approx(p[p > -1].mean(), abs=1e-9)
+    assert per_iou["0.50"] == pytest.approx(ref["AP50"], abs=1e-9)
+    assert per_iou["0.75"] == pytest.approx(ref["AP75"], abs=1e-9)
+
+
+def _pycocotools_precision(gt: dict, res: list) -> np.ndarray:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(res), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    return ev.eval["precision"]
 
 
 @pytest.mark.parametrize("entry, text", [

@@ -102,6 +102,17 @@ def evaluate_boxes(dts: Boxes, gts: Boxes, n_categories: int) -> tuple[dict[str,
     return summarize(precision, recall), precision, recall
 
 
+def ap_per_iou(precision: np.ndarray) -> dict[str, float]:
+    """AP at each single IoU threshold ("0.50" ... "0.95"; all areas, 100 detections), the way
+    COCOeval's AP50 / AP75 are computed; -1 where no category has gts."""
+    out = {}
+    for t, thr in enumerate(IOU_THRS):
+        v = precision[t, :, :, 0, 2]
+        v = v[v > -1]
+        out[f"{thr:.2f}"] = float(v.mean()) if v.size else -1.0
+    return out
+
+
 def per_class_ap(precision: np.ndarray) -> np.ndarray:
     """AP@[.5:.95] per category (all areas, 100 detections); nan where a category has no gts."""
     p = precision[:, :, :, 0, 2]
@@ -300,6 +311,10 @@ class COCOEvaluator:
         from .lrp import lrp_from_boxes
 
         return lrp_from_boxes(*self.boxes(), self.num_classes, thresholds=thresholds)[0]
+
+    def ap_per_iou(self) -> dict[str, float]:
+        """AP at each IoU threshold 0.50:0.05:0.95 after compute() ({"0.90": AP90, ...})."""
+        return ap_per_iou(self.precision)
 
     def per_class(self) -> dict[str, float]:
         """AP per class name after compute() (nan: no gts of that class)."""
