@@ -213,7 +213,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         result = trainer.fit()
         minutes = (time.perf_counter() - t0) / 60
-        final = trainer.evaluate() if val_set is not None else None  # every rank takes part
+        final = result["final"]  # the evaluation after the last epoch, or a fresh one (every rank takes part)
+        if final is None and val_set is not None:
+            final = trainer.evaluate()
         barrier()
         if is_main():
             summary = {"best_AP": result["best_ap"], "iterations": result["iterations"], "minutes": round(minutes, 2)}

@@ -145,12 +145,14 @@ class Trainer:
 
     def fit(self) -> dict:
         args = self.args
+        last_stats = None  # the evaluation after the last epoch, if this call made it
         try:
             while self.state.epoch < args.epochs:
                 self.train_epoch()
+                last_stats = None
                 if self.val_loader is not None and (
                         (self.state.epoch % args.eval_interval == 0) or self.state.epoch == args.epochs):
-                    self.evaluate_and_keep_best()
+                    last_stats = self.evaluate_and_keep_best()
                 self.save("last.pt")
         except KeyboardInterrupt:
             self.save("last.pt")
@@ -161,7 +163,7 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
-        return {"best_ap": self.state.best_ap, "iterations": self.state.iteration}
+        return {"best_ap": self.state.best_ap, "iterations": self.state.iteration, "final": last_stats}
 
     def train_epoch(self) -> None:
         args, st = self.args, self.state

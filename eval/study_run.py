@@ -1,0 +1,100 @@
+"""One cell x seed of a loss study: ``python -m minidet.train`` then ``python -m minidet.eval``
+(COCO + oLRP) in one process, and a compact record.json of the outcome.
+
+    python eval/study_run.py RUN_DIR -- TRAIN_FLAGS...
+
+An interrupted run (RUN_DIR/last.pt without record.json) continues with --resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from minidet import eval as minidet_eval
+from minidet import train as minidet_train
+
+SERIES_KEYS = ("cls", "reg", "cls_weighted", "reg_weighted", "weight_cls", "weight_reg", "loss", "grad_ratio",
+               "score_iou_pearson", "score_iou_spearman", "num_pos")
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v == v and math.isfinite(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def hardware(device: str) -> str:
+    """The machine in words: CPU model and cores (or the GPU), torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    where = f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        where = f"{torch.cuda.get_device_name(0)} ({where})"
+    return f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads per run"
+
+
+def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
+    """record.json content from the run folder's summary, evaluation and training log."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    coco, lrp, per_iou = metrics["coco"], metrics["lrp"], metrics["AP_per_IoU"]
+    train = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    tail = train[-max(1, len(train) // 4):]  # the last quarter of training
+    series = {"iteration": [r["iteration"] for r in train]}
+    for k in SERIES_KEYS:
+        if any(k in r for r in train):
+            series[k] = [round(r[k], 6) if k in r and math.isfinite(r[k]) else None for r in train]
+    return {
+        "flags": flags,
+        "hardware": hardware(device),
+        "minutes": summary["minutes"],
+        "iterations": summary["iterations"],
+        "metrics": {"AP": coco["AP"], "AP50": coco["AP50"], "AP75": coco["AP75"], "AP90": per_iou["0.90"],
+                    **{k: lrp[k] for k in ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN")}},
+        "late": {k: _mean([r.get(k, float("nan")) for r in tail])
+                 for k in ("score_iou_pearson", "score_iou_spearman", "grad_ratio", "weight_cls", "weight_reg")},
+        "series": series,
+    }
+
+
+def run(run_dir: Path, flags: list[str]) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "summary.json").is_file():
+        resume = ["--resume", str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
+        rc = minidet_train.main([*flags, "--out", str(run_dir), *resume])
+        if rc:
+            return rc
+    device = flags[flags.index("--device") + 1] if "--device" in flags else "cpu"
+    rc = minidet_eval.main(["--weights", str(run_dir / "best.pt"), "--metrics", "coco", "lrp", "--device", device,
+                            "--out", str(run_dir / "eval")])
+    if rc:
+        return rc
+    record = summarise(run_dir, flags, device)
+    tmp = run_dir / "record.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(run_dir / "record.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[1] != "--":
+        print("usage: python eval/study_run.py RUN_DIR -- TRAIN_FLAGS...", file=sys.stderr)
+        return 2
+    return run(Path(argv[0]), argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
