@@ -158,13 +158,13 @@ def run_study(study: str, args) -> bool:
               "(see eval/study_grids.py); evaluation on the 200-image validation split.",
               f"Hardware: {hardware}.",
               f"Runs: {sum(len([s for s in seeds if (c.name, s) in records]) for c in cells)} of "
-              f"{len(cells) * len(seeds)} (seeds {', '.join(map(str, seeds))}); wall clock of this invocation "
-              f"{minutes:.1f} min; sum of training times "
-              f"{sum(r['minutes'] for k, r in records.items() if k[1] in seeds):.1f} min."]
+              f"{len(cells) * len(seeds)} (seeds {', '.join(map(str, seeds))}); sum of their training times "
+              f"{sum(r['minutes'] for k, r in records.items() if k[1] in seeds):.1f} min (runs shared with other "
+              "studies included)."]
     window = 25 if budget.name != "quick" else 3
     selected = {k: v for k, v in records.items() if k[1] in seeds}
     written = write_report(study, TITLES[study], cells, selected, args.results / study, budget.name, header, window)
-    print(f"   wrote {', '.join(str(p) for p in written)}", flush=True)
+    print(f"   wrote {', '.join(str(p) for p in written)} ({minutes:.1f} min)", flush=True)
     if budget.name == "cpu" and minutes > CPU_BUDGET_MINUTES:
         print(f"   note: this invocation took {minutes:.0f} min, over the cpu budget's {CPU_BUDGET_MINUTES} min goal",
               flush=True)

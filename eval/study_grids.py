@@ -6,7 +6,7 @@ by the cell's own flags, so all cells of a study share one schedule. Nothing is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class Cell:
     name: str
     flags: tuple[str, ...]
     group: str = ""
+    ref: str = ""  # the cell this one is compared with, seed by seed (ΔAP column)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ BUDGETS = {
                     note="smoke check: 48 shapes images at 64 px, 2 epochs (12 iterations); the numbers mean nothing",
                     alwa_intervals=(2, 4, 6, 8)),
     "cpu": Budget("cpu", ("--shapes-images", "1000", "--img-size", "128", "--epochs", "5", "--batch-size", "16",
-                          "--warmup-iters", "50", "--workers", "1"), seeds=(0, 1),
-                  note="1000 shapes images at 128 px, 5 epochs (315 iterations of 16 images), tiny backbone, 2 seeds"),
+                          "--warmup-iters", "50", "--workers", "1"), seeds=(0, 1, 2),
+                  note="1000 shapes images at 128 px, 5 epochs (315 iterations of 16 images), tiny backbone, 3 seeds"),
     "gpu": Budget("gpu", ("--backbone", "resnet50", "--shapes-images", "20000", "--img-size", "512", "--epochs", "12",
                           "--batch-size", "16", "--warmup-iters", "500", "--workers", "8", "--amp"), seeds=(0, 1, 2),
                   note="20000 shapes images at 512 px, 12 epochs, ResNet-50 + FPN, AMP, 3 seeds"),
@@ -59,9 +60,13 @@ def _w(x: float) -> str:
     return f"{x:g}"
 
 
+def _compared_with(ref: str, cells: list[Cell]) -> list[Cell]:
+    return [replace(c, ref=c.ref or ref) for c in cells]
+
+
 def weights_study(budget: Budget) -> list[Cell]:
-    return [Cell(f"{label} {_w(c)}:{_w(r)}", (*RETINANET, "--reg-loss", reg, "--loss-weights", _w(c), _w(r)), label)
-            for label, reg in REG_LOSSES.items() for c, r in WEIGHT_PAIRS]
+    return [Cell(f"{label} {_w(c)}:{_w(r)}", (*RETINANET, "--reg-loss", reg, "--loss-weights", _w(c), _w(r)), label,
+                 f"{label} 1:1") for label, reg in REG_LOSSES.items() for c, r in WEIGHT_PAIRS]
 
 
 def alwa_study(budget: Budget) -> list[Cell]:
@@ -69,21 +74,22 @@ def alwa_study(budget: Budget) -> list[Cell]:
     cells = []
     for label, reg in REG_LOSSES.items():
         base = (*RETINANET, "--reg-loss", reg)
-        cells.append(Cell(f"{label} fixed 1:1", (*base, "--loss-weights", "1", "1"), "Table 2: scheme"))
+        ref = f"{label} fixed 1:1"
+        cells.append(Cell(ref, (*base, "--loss-weights", "1", "1"), "Table 2: scheme", ref))
         cells += [Cell(f"{label} ALWA_{v}", (*base, "--weighting", f"alwa{v}", "--alwa-interval", c_main),
-                       "Table 2: scheme") for v in (1, 2)]
+                       "Table 2: scheme", ref) for v in (1, 2)]
     base = (*RETINANET, "--reg-loss", "smooth_l1", "--weighting", "alwa2")
-    cells += [Cell(f"SmoothL1 ALWA_2 C={c}", (*base, "--alwa-interval", str(c)), "Table 7: window C")
-              for c in budget.alwa_intervals]
+    cells += [Cell(f"SmoothL1 ALWA_2 C={c}", (*base, "--alwa-interval", str(c)), "Table 7: window C",
+                   "SmoothL1 fixed 1:1") for c in budget.alwa_intervals]
     cells += [Cell(f"SmoothL1 ALWA_2 init {_w(w)}:{_w(w)}",
                    (*base, "--alwa-interval", c_main, *(("--loss-weights", _w(w), _w(w)) if w != 1 else ())),
-                   "Table 8: initial weight") for w in (0.5, 1, 2)]
+                   "Table 8: initial weight", "SmoothL1 fixed 1:1") for w in (0.5, 1, 2)]
     return cells
 
 
 def ranking_study(budget: Budget) -> list[Cell]:
     alrp = ("--model", "retinanet", "--cls-loss", "alrp")
-    return [
+    return _compared_with("focal + SmoothL1", [
         Cell("focal + SmoothL1", FOCAL_SL1, "MaxIoU"),
         Cell("AP Loss + SmoothL1", (*RETINANET, "--cls-loss", "ap", "--reg-loss", "smooth_l1"), "MaxIoU"),
         Cell("aLRP (IoU), no SB", (*alrp, "--assigner", "maxiou", "--alrp-iou", "iou", "--weighting", "fixed"), "MaxIoU"),
@@ -92,11 +98,11 @@ def ranking_study(budget: Budget) -> list[Cell]:
         Cell("aLRP (GIoU) + SB", (*alrp, "--assigner", "maxiou"), "MaxIoU"),
         Cell("focal + SmoothL1, ATSS", ("--model", "retinanet", "--assigner", "atss", "--reg-loss", "smooth_l1"), "ATSS"),
         Cell("aLRP (GIoU) + SB, ATSS", (*alrp, "--assigner", "atss"), "ATSS"),
-    ]
+    ])
 
 
 def families_study(budget: Budget) -> list[Cell]:
-    return [
+    return _compared_with("RetinaNet (focal, MaxIoU)", [
         Cell("YOLO v1 loss (lambda_noobj 0.5)", ("--model", "yolo"), "own loss"),
         Cell("SSD (hard negative mining 3:1)", ("--model", "ssd"), "own loss"),
         Cell("RetinaNet (focal, MaxIoU)", FOCAL_SL1, "own loss"),
@@ -105,20 +111,20 @@ def families_study(budget: Budget) -> list[Cell]:
         Cell("SSD head, softmax focal + GIoU", ("--model", "ssd", "--cls-loss", "softmax_focal", "--reg-loss", "giou",
                                                "--neg-pos-ratio", "all"), "focal + GIoU"),
         Cell("RetinaNet, focal + GIoU", (*RETINANET, "--reg-loss", "giou"), "focal + GIoU"),
-    ]
+    ])
 
 
 def balance_study(budget: Budget) -> list[Cell]:
     base = (*RETINANET, "--reg-loss", "smooth_l1")
     c_main = str(budget.alwa_intervals[1])
-    return [
+    return _compared_with("focal", [
         Cell("CE (BCE)", (*base, "--cls-loss", "bce"), "gradient ratio"),
         Cell("focal", FOCAL_SL1, "gradient ratio"),
         Cell("aLRP (GIoU) + SB", ("--model", "retinanet", "--cls-loss", "alrp", "--assigner", "maxiou"),
              "gradient ratio"),
         Cell("focal + ALWA_1", (*base, "--weighting", "alwa1", "--alwa-interval", c_main), "ALWA windows"),
         Cell("focal + ALWA_2", (*base, "--weighting", "alwa2", "--alwa-interval", c_main), "ALWA windows"),
-    ]
+    ])
 
 
 STUDIES = {"weights": weights_study, "alwa": alwa_study, "ranking": ranking_study, "families": families_study,

@@ -37,9 +37,13 @@ def aggregate(study: str, cells: list[Cell], records: dict[tuple[str, int], dict
     rows = []
     for cell in cells:
         runs = [r for (name, _), r in sorted(records.items()) if name == cell.name]
-        row = {"cell": cell.name, "group": cell.group, "n": len(runs)}
+        row = {"cell": cell.name, "group": cell.group, "ref": cell.ref, "n": len(runs)}
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = _stats([r["metrics"][m] for r in runs])
+        ref = {seed: r for (name, seed), r in records.items() if name == cell.ref}
+        row["dAP_mean"], row["dAP_std"] = _stats([r["metrics"]["AP"] - ref[seed]["metrics"]["AP"]
+                                                  for (name, seed), r in sorted(records.items())
+                                                  if name == cell.name and seed in ref])
         row["minutes_mean"], _ = _stats([r["minutes"] for r in runs])
         for _, key, _ in EXTRAS.get(study, []):
             row[f"{key}_mean"], row[f"{key}_std"] = _stats([r["late"].get(key) for r in runs])
@@ -47,10 +51,10 @@ def aggregate(study: str, cells: list[Cell], records: dict[tuple[str, int], dict
     return rows
 
 
-def _pm(mean: float, std: float, digits: int = 3) -> str:
+def _pm(mean: float, std: float, digits: int = 3, signed: bool = False) -> str:
     if mean != mean:
         return "n/a"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std == std else "")
+    return f"{mean:{'+' if signed else ''}.{digits}f}" + (f" ± {std:.{digits}f}" if std == std else "")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -63,16 +67,20 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def markdown(study: str, title: str, rows: list[dict], header_lines: list[str]) -> str:
     extras = EXTRAS.get(study, [])
-    cols = ["group", "cell", "runs", *METRICS, *(h for h, _, _ in extras), "train min"]
+    cols = ["group", "cell", "runs", *METRICS, "ΔAP vs ref", *(h for h, _, _ in extras), "train min"]
     lines = [f"# {title}", "", *header_lines, "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        cells = [r["group"], r["cell"], str(r["n"]), *(_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS),
+        delta = "ref" if r["cell"] == r["ref"] else _pm(r["dAP_mean"], r["dAP_std"], signed=True)
+        cells = [r["group"], r["cell"], str(r["n"]), *(_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS), delta,
                  *(_pm(r[f"{k}_mean"], r[f"{k}_std"], 2) for _, k, _ in extras),
                  "n/a" if r["minutes_mean"] != r["minutes_mean"] else f"{r['minutes_mean']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    refs = sorted({r["ref"] for r in rows if r["ref"]})
     lines += ["", "AP = COCO AP@[.5:.95]; AP90 = AP at IoU 0.90; oLRP: lower is better (1 = nothing found); "
-              "mean ± sample std over seeds; train min = training wall clock per run."]
+              "mean ± sample std over seeds; train min = training wall clock per run. "
+              "ΔAP vs ref: AP minus the AP of the reference cell trained with the same seed (same initialisation "
+              f"and data order), mean ± std over seeds; references: {', '.join(refs) or 'none'}."]
     lines += [f"{h}: {why}." for h, _, why in extras]
     return "\n".join(lines) + "\n"
 
