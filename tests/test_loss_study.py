@@ -55,6 +55,17 @@ def test_quick_balance_study_end_to_end(tmp_path):
     runs = [json.loads(line) for line in (out / "quick_runs.jsonl").read_text().splitlines()]
     assert len(runs) == 10 and all(len(r["series"]["iteration"]) == 12 for r in runs)
 
+    # ΔAP vs the reference cell ("focal"), seed by seed, recomputed here from the raw records
+    ap = {(r["cell"], r["seed"]): r["metrics"]["AP"] for r in runs}
+    for cell in cells:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {cell.group} | {cell.name} | "))
+        delta = row.split(" | ")[8]
+        if cell.name == "focal":
+            assert delta == "ref"
+        else:
+            diffs = [ap[(cell.name, s)] - ap[("focal", s)] for s in (0, 1)]
+            assert float(delta.split(" ± ")[0]) == pytest.approx(sum(diffs) / 2, abs=6e-4)
+
     # resumable: nothing left to train; a dropped record comes back from the run cache untrained
     lines = (out / "quick_runs.jsonl").read_text().splitlines()
     (out / "quick_runs.jsonl").write_text("\n".join(lines[:-1]) + "\n")
