@@ -125,7 +125,7 @@ def run_study(study: str, args) -> bool:
     data_tag = "shapes" if args.data == "shapes" else Path(args.data).stem
 
     def collect(finished):
-        for run_dir, (cell, seed, flags), rc in finished:
+        for run_dir, (cell, seed, _flags), rc in finished:
             rec_file = run_dir / "record.json"
             if rc != 0 or not rec_file.is_file():
                 failed.append(f"{cell.name} seed {seed}: exit {rc}, log {run_dir / 'log.txt'}")
