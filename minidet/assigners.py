@@ -9,9 +9,13 @@ Four assigners, each batched over images with gts padded to a common count G:
 - ``SSDMatcher``: each gt forced onto its best default box, then IoU >= threshold.
 - ``YOLOGridAssigner``: YOLO v1's responsible predictor of the cell holding the gt centre.
 
-Entry points: ``assign(priors [A,4], num_per_level, gt_boxes [G,4], gt_labels [G])`` for one
-image and ``assign_batch(priors, num_per_level, gt_boxes [B,G,4], gt_labels [B,G],
-gt_valid [B,G])`` for a padded batch. Results use the Criterion contract: ``gt_inds`` is -1 for
+Entry points: ``assign(priors [A,4], num_per_level, gt_boxes [G,4], gt_labels [G],
+ignore_boxes [M,4])`` for one image and ``assign_batch(priors, num_per_level, gt_boxes [B,G,4],
+gt_labels [B,G], gt_valid [B,G], ignore=(boxes [B,M,4], valid [B,M]))`` for a padded batch.
+Priors mostly inside an ignore region (crowd / difficult, any class; intersection over the
+prior's area > ``ignore_iof_thr``, default 0.5) that are not positive become ignored, as
+mmdetection's ``ignore_iof_thr`` does — torchvision's and detectron2's references instead
+drop crowd boxes, training those pixels as background (``ignore_iof_thr=None``). Results use the Criterion contract: ``gt_inds`` is -1 for
 ignored priors, 0 for background and k > 0 for "matched to gt k - 1"; ``labels`` holds the
 matched gt's class for positives and -1 elsewhere; ``max_iou`` the prior's best IoU with a gt.
 Images without gts give all-background; padding and zero-area gts never claim a prior.
@@ -34,6 +38,7 @@ __all__ = [
     "SSDMatcher",
     "YOLOGridAssigner",
     "pad_gts",
+    "ignore_inside_regions",
 ]
 
 
@@ -102,18 +107,57 @@ def _batched_iou(gt_boxes: Tensor, priors: Tensor, gt_valid: Tensor) -> Tensor:
 
 
 class _Assigner:
-    """Shared single-image entry point."""
+    """Shared entry points: one image or a padded batch, then ignore regions.
+
+    ``ignore_iof_thr``: a prior whose intersection over its own area with some ignore region
+    (COCO crowd, VOC difficult; of any class) exceeds this is ignored instead of background,
+    mmdetection's ``ignore_iof_thr``; positives keep priority. None turns it off.
+    """
+
+    ignore_iof_thr: float | None = 0.5
 
     @torch.no_grad()
     def assign(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
-               gt_labels: Tensor, **kwargs) -> AssignResult:
-        """One image: priors [A, 4], gt_boxes [G, 4], gt_labels [G] -> results of shape [A]."""
+               gt_labels: Tensor, ignore_boxes: Tensor | None = None, **kwargs) -> AssignResult:
+        """One image: priors [A, 4], gt_boxes [G, 4], gt_labels [G], ignore_boxes [M, 4]
+        -> results of shape [A]."""
         valid = torch.ones(1, len(gt_boxes), dtype=torch.bool, device=priors.device)
-        out = self.assign_batch(priors, num_per_level, gt_boxes[None], gt_labels[None], valid, **kwargs)
+        ignore = None
+        if ignore_boxes is not None:
+            ignore = (ignore_boxes[None], torch.ones(1, len(ignore_boxes), dtype=torch.bool, device=priors.device))
+        out = self.assign_batch(priors, num_per_level, gt_boxes[None], gt_labels[None], valid,
+                                ignore=ignore, **kwargs)
         return AssignResult(out.gt_inds[0], out.labels[0], out.max_iou[0])
 
-    def assign_batch(self, priors, num_per_level, gt_boxes, gt_labels, gt_valid, **kwargs) -> AssignResult:
+    @torch.no_grad()
+    def assign_batch(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor, gt_labels: Tensor,
+                     gt_valid: Tensor, ignore: tuple[Tensor, Tensor] | None = None, **kwargs) -> AssignResult:
+        """A padded batch: gt_boxes [B, G, 4], gt_labels / gt_valid [B, G]; ``ignore`` = (boxes
+        [B, M, 4], valid [B, M]) -> results of shape [B, A]."""
+        result = self._match(priors, num_per_level, gt_boxes, gt_labels, gt_valid, **kwargs)
+        if ignore is not None and self.ignore_iof_thr is not None:
+            result = ignore_inside_regions(result, priors, *ignore, self.ignore_iof_thr)
+        return result
+
+    def _match(self, priors, num_per_level, gt_boxes, gt_labels, gt_valid, **kwargs) -> AssignResult:
         raise NotImplementedError
+
+
+def ignore_inside_regions(result: AssignResult, priors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor,
+                          iof_thr: float) -> AssignResult:
+    """Mark non-positive priors [A, 4] whose intersection over prior area with any valid ignore
+    box (ignore_boxes [B, M, 4], ignore_valid [B, M]) exceeds ``iof_thr`` as ignored (-1)."""
+    b, m = ignore_valid.shape
+    if m == 0:
+        return result
+    lt = torch.maximum(priors[None, None, :, :2], ignore_boxes[:, :, None, :2])
+    rb = torch.minimum(priors[None, None, :, 2:], ignore_boxes[:, :, None, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # [B, M, A]
+    iof = inter / box_area(priors).clamp(min=1e-9)
+    iof = iof.masked_fill(~ignore_valid[..., None], 0.0)
+    inside = (iof.max(dim=1).values > iof_thr) & ~result.positive
+    gt_inds = result.gt_inds.masked_fill(inside, -1)
+    return AssignResult(gt_inds, result.labels, result.max_iou)
 
 
 class MaxIoUAssigner(_Assigner):
@@ -125,15 +169,16 @@ class MaxIoUAssigner(_Assigner):
     """
 
     def __init__(self, pos_iou_thr: float = 0.5, neg_iou_thr: float = 0.4, min_pos_iou: float = 0.0,
-                 allow_low_quality: bool = True) -> None:
+                 allow_low_quality: bool = True, *, ignore_iof_thr: float | None = 0.5) -> None:
+        self.ignore_iof_thr = ignore_iof_thr
         if neg_iou_thr > pos_iou_thr:
             raise ValueError(f"neg_iou_thr ({neg_iou_thr}) must not exceed pos_iou_thr ({pos_iou_thr})")
         self.pos_iou_thr, self.neg_iou_thr = pos_iou_thr, neg_iou_thr
         self.min_pos_iou, self.allow_low_quality = min_pos_iou, allow_low_quality
 
     @torch.no_grad()
-    def assign_batch(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
-                     gt_labels: Tensor, gt_valid: Tensor) -> AssignResult:
+    def _match(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
+               gt_labels: Tensor, gt_valid: Tensor) -> AssignResult:
         b, g = gt_valid.shape
         if g == 0:
             return _all_background(b, priors.shape[0], priors.device)
@@ -175,12 +220,13 @@ class ATSSAssigner(_Assigner):
     one it overlaps most (lower index on ties); everything else is background.
     """
 
-    def __init__(self, topk: int = 9, centre_margin: float = 0.01) -> None:
+    def __init__(self, topk: int = 9, centre_margin: float = 0.01, *, ignore_iof_thr: float | None = 0.5) -> None:
+        self.ignore_iof_thr = ignore_iof_thr
         self.topk, self.centre_margin = topk, centre_margin
 
     @torch.no_grad()
-    def assign_batch(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
-                     gt_labels: Tensor, gt_valid: Tensor) -> AssignResult:
+    def _match(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
+               gt_labels: Tensor, gt_valid: Tensor) -> AssignResult:
         b, g = gt_valid.shape
         a = priors.shape[0]
         if g == 0:
@@ -227,14 +273,15 @@ def _k_nearest_mask(dist: Tensor, k: int) -> Tensor:
 class SSDMatcher(_Assigner):
     """SSD matching: IoU >= iou_thr -> positive for the best gt; then every gt is forced onto
     its single best default box (lowest index on ties). A box forced by several gts goes to the
-    one it overlaps most (lower index on ties). No ignored priors."""
+    one it overlaps most (lower index on ties). Only ignore regions make ignored priors."""
 
-    def __init__(self, iou_thr: float = 0.5) -> None:
+    def __init__(self, iou_thr: float = 0.5, *, ignore_iof_thr: float | None = 0.5) -> None:
+        self.ignore_iof_thr = ignore_iof_thr
         self.iou_thr = iou_thr
 
     @torch.no_grad()
-    def assign_batch(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
-                     gt_labels: Tensor, gt_valid: Tensor) -> AssignResult:
+    def _match(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
+               gt_labels: Tensor, gt_valid: Tensor) -> AssignResult:
         b, g = gt_valid.shape
         if g == 0:
             return _all_background(b, priors.shape[0], priors.device)
@@ -255,15 +302,16 @@ class YOLOGridAssigner(_Assigner):
     ``boxes_per_cell`` predictors the one whose predicted box overlaps the gt most (first on
     ties; the first when no predictions are given). A cell holds one object (YOLO v1's limit):
     when several gt centres fall in one cell, the largest gt is used. All other predictors are
-    background ("no object"). Priors are the grid cells, repeated per predictor (cell-major).
+    background ("no object") unless inside an ignore region. Priors are the grid cells, repeated per predictor (cell-major).
     """
 
-    def __init__(self, boxes_per_cell: int = 2) -> None:
+    def __init__(self, boxes_per_cell: int = 2, *, ignore_iof_thr: float | None = 0.5) -> None:
+        self.ignore_iof_thr = ignore_iof_thr
         self.boxes_per_cell = boxes_per_cell
 
     @torch.no_grad()
-    def assign_batch(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
-                     gt_labels: Tensor, gt_valid: Tensor, pred_boxes: Tensor | None = None) -> AssignResult:
+    def _match(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
+               gt_labels: Tensor, gt_valid: Tensor, pred_boxes: Tensor | None = None) -> AssignResult:
         b, g = gt_valid.shape
         a = priors.shape[0]
         k = self.boxes_per_cell

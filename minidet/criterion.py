@@ -79,16 +79,50 @@ class Criterion(nn.Module):
         self.diagnostics_enabled = diagnostics
         self.diagnostics: dict[str, float] = {}
 
+    def num_classes(self, outputs: HeadOutput) -> int:
+        """Foreground classes of the head's outputs."""
+        return outputs.cls_logits.shape[-1]
+
+    def check_labels(self, targets: list[dict], num_classes: int) -> None:
+        """A clear ValueError for labels outside 0..num_classes-1 (ignore regions may also say -1:
+        class unknown). Never trained as background. Labels on the CPU cost no device sync."""
+        for i, t in enumerate(targets):
+            for key, low in (("labels", 0), ("ignore_labels", -1)):
+                lab = t.get(key)
+                if lab is None or len(lab) == 0:
+                    continue
+                lo, hi = int(lab.min()), int(lab.max())
+                if lo < low or hi >= num_classes:
+                    bad = lo if lo < low else hi
+                    raise ValueError(
+                        f"image {i} of the batch (path {t.get('path', '?')}) has {key[:-1].replace('_', ' ')} {bad} "
+                        f"outside 0..{num_classes - 1}: the model has {num_classes} classes and labels are 0-based "
+                        f"— fix the data (a label equal to the class count is usually a 1-based label) or the "
+                        f"number of classes")
+
     def forward(self, outputs: HeadOutput, targets: list[dict]) -> LossDict:
+        """LossDict of a batch; targets: per image "boxes" [N, 4] xyxy, "labels" [N] and
+        optionally "ignore_boxes" [M, 4] (crowd / difficult regions, see minidet.assigners)."""
         device = outputs.cls_logits.device
+        if len(targets) != outputs.cls_logits.shape[0]:
+            raise ValueError(f"{len(targets)} targets for a batch of {outputs.cls_logits.shape[0]} images")
+        self.check_labels(targets, self.num_classes(outputs))
         boxes = [t["boxes"].to(device=device, dtype=torch.float32) for t in targets]
         labels = [t["labels"].to(device) for t in targets]
-        if len(boxes) != outputs.cls_logits.shape[0]:
-            raise ValueError(f"{len(boxes)} targets for a batch of {outputs.cls_logits.shape[0]} images")
         gt_boxes, gt_labels, gt_valid = pad_gts(boxes, labels)
-        with torch.autocast(device.type, enabled=False):
-            raw, weighting_input, num_pos, extras = self.components(outputs, gt_boxes, gt_labels, gt_valid)
-            weighted = self.weighting(weighting_input, record=bool(num_pos > 0))
+        ignore = None
+        if any(len(t.get("ignore_boxes", ())) for t in targets):
+            ig = [t.get("ignore_boxes", torch.zeros(0, 4)).to(device=device, dtype=torch.float32).reshape(-1, 4)
+                  for t in targets]
+            ig_boxes, _, ig_valid = pad_gts(ig, [torch.zeros(len(x), dtype=torch.int64) for x in ig])
+            ignore = (ig_boxes, ig_valid)
+        self._ignore = ignore
+        try:
+            with torch.autocast(device.type, enabled=False):
+                raw, weighting_input, num_pos, extras = self.components(outputs, gt_boxes, gt_labels, gt_valid)
+                weighted = self.weighting(weighting_input, record=bool(num_pos > 0))
+        finally:
+            self._ignore = None
         out: LossDict = {"loss": sum(weighted.values())}
         out.update({k: v.detach() for k, v in {**weighting_input, **raw}.items()})
         weights = self.weighting.weights
@@ -105,8 +139,9 @@ class Criterion(nn.Module):
         raise NotImplementedError
 
     def assign(self, outputs: HeadOutput, gt_boxes, gt_labels, gt_valid, **kwargs) -> AssignResult:
+        """The assigner's result for the batch, with the batch's ignore regions applied."""
         return self.assigner.assign_batch(outputs.priors, outputs.num_per_level, gt_boxes, gt_labels,
-                                          gt_valid, **kwargs)
+                                          gt_valid, ignore=getattr(self, "_ignore", None), **kwargs)
 
     def positive_normaliser(self, num_pos: Tensor) -> Tensor:
         """#positives in the batch as a float >= 1 (mean over processes; EMA if configured)."""
@@ -223,6 +258,9 @@ class SSDCriterion(Criterion):
     head_kind = "softmax head"
     CLS_CHOICES = ("ce", "softmax_focal", "hinge")
 
+    def num_classes(self, outputs: HeadOutput) -> int:
+        return outputs.cls_logits.shape[-1] - 1  # the last logit is background
+
     def __init__(self, assigner=None, cls_loss: str = "ce", reg_loss: str = "smooth_l1", coder=None,
                  weighting: LossWeighting | None = None, neg_pos_ratio: float | None = 3.0,
                  smooth_l1_beta: float = 1.0, normalizer_momentum: float | None = None,
@@ -274,7 +312,8 @@ class YOLOCriterion(Criterion):
     """YOLO v1's five-part loss, each part a sum of squares divided by the batch size:
     lambda_coord * [(x, y) + (sqrt w, sqrt h) errors of responsible predictors] + confidence
     error of responsible predictors (target: IoU of the predicted box with its gt) +
-    lambda_noobj * confidence of the other predictors + class-probability error of cells
+    lambda_noobj * confidence of the other predictors (except those inside an ignore region) +
+    class-probability error of cells
     with an object. Logged as coord / obj / noobj / cls; the weighting sees
     cls = obj + lambda_noobj noobj + class term and reg = lambda_coord coord.
 
@@ -289,8 +328,10 @@ class YOLOCriterion(Criterion):
 
     def __init__(self, boxes_per_cell: int = 2, cls_loss: str = "yolo_sse", reg_loss: str = "l2",
                  lambda_coord: float = 5.0, lambda_noobj: float = 0.5, coder=None,
-                 weighting: LossWeighting | None = None, diagnostics: bool = False) -> None:
-        super().__init__(YOLOGridAssigner(boxes_per_cell), weighting, None, diagnostics)
+                 weighting: LossWeighting | None = None, diagnostics: bool = False,
+                 ignore_iof_thr: float | None = 0.5) -> None:
+        super().__init__(YOLOGridAssigner(boxes_per_cell, ignore_iof_thr=ignore_iof_thr), weighting, None,
+                         diagnostics)
         _choose("classification", cls_loss, self.CLS_CHOICES, self.head_kind)
         _choose("regression", reg_loss, tuple(REGRESSION_LOSSES), self.head_kind)
         self.cls_name, self.reg_name = cls_loss, reg_loss
@@ -309,6 +350,7 @@ class YOLOCriterion(Criterion):
         decoded = self.coder.decode(priors, pred, size)
         assigned = self.assign(outputs, gt_boxes, gt_labels, gt_valid, pred_boxes=decoded.detach())
         resp = assigned.positive
+        noobj_mask = assigned.gt_inds == 0  # not responsible and not inside an ignore region
         num_pos = resp.sum()
         gt = assigned.matched_boxes(gt_boxes)[resp]
         pri = priors.expand(b, a, 4)[resp]
@@ -323,7 +365,7 @@ class YOLOCriterion(Criterion):
             iou_target = aligned_box_iou(decoded[resp], gt)
         sse = CLASSIFICATION_LOSSES["yolo_sse"]
         obj = sse(conf[resp], iou_target, reduction="sum")
-        noobj = sse(conf[~resp], torch.zeros_like(conf[~resp]), reduction="sum")
+        noobj = sse(conf[noobj_mask], torch.zeros_like(conf[noobj_mask]), reduction="sum")
         cell_logits = outputs.cls_logits.float().view(b, a // k, k, -1)[:, :, 0]
         cell_has = resp.view(b, a // k, k).any(-1)
         cell_label = assigned.labels.view(b, a // k, k).max(-1).values
@@ -343,7 +385,7 @@ class YOLOCriterion(Criterion):
         extras = {}
         if self.diagnostics_enabled:
             extras = self.diagnose(outputs.objectness, assigned, conf[resp].detach(), iou_target,
-                                   ~resp, resp)
+                                   noobj_mask, resp)
         return raw, grouped, num_pos, extras
 
 

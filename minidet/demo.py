@@ -7,6 +7,9 @@
     python -m minidet.demo --source 0 --show                 # camera 0 in a window
 
 Annotated images / video go to --out; one line per image reports the detections and latency.
+Image files are used as displayed, EXIF orientation applied (phone photos come out upright;
+see minidet/data/image_io.py): boxes, annotated images, detections.json and --save-txt labels
+all refer to the upright image.
 """
 
 from __future__ import annotations

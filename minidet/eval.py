@@ -4,8 +4,20 @@
     python -m minidet.eval --weights CKPT --data datasets/coco2017.yaml --metrics coco lrp
     python -m minidet.eval --gt instances_val.json --results detections.json
 
-Prints the COCO table (and VOC mAP / LRP with --metrics) and a per-class AP table, and writes
-predictions.json (COCO results format, original category ids) and metrics.json to --out.
+With --weights the model's detections (in original image pixels) become a COCO results list
+(original category ids, full-precision floats), written as predictions.json, and are scored
+against the dataset's own COCO ground truth: for COCO data the annotation file's entries as
+written (crowd regions only affect their own category, gt areas are the annotations' "area"
+field), for VOC / YOLO / shapes data one built from the annotations (VOC difficult objects as
+crowd regions of their class, i.e. ignored). That is the same computation as --gt/--results, and
+the same one training's validation runs, so pycocotools on (annotation file, predictions.json)
+gives the same 12 numbers. --metrics voc / voc07 add the VOC devkit's mAP@0.5 (difficult objects,
+or COCO crowd regions, ignored), lrp adds oLRP.
+
+Prints the COCO table (and VOC mAP / LRP with --metrics) and, with --weights, a per-class AP
+table; writes metrics.json (and predictions.json with --weights) to --out. With --gt/--results,
+--backend pycocotools / faster-coco-eval runs that tool instead, after the same validation of the
+files (an unknown image or category id is a clear error, not the tool's assertion).
 """
 
 from __future__ import annotations
@@ -13,19 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .data import EvalTransform, build_dataset, build_loader
-from .data.problems import DataError
+from .data.problems import CountSkips, DataError
 from .engine.checkpoint import CheckpointError, model_from_checkpoint
-from .evaluation import COCOEvaluator, coco_evaluate, format_table
+from .evaluation import coco_evaluate, format_table
 from .evaluation.coco import ResultsError, load_coco_boxes
+from .evaluation.detector_eval import evaluate_detector
 from .evaluation.lrp import lrp_from_boxes
-from .evaluation.voc import VOCEvaluator
 
 METRICS = ("coco", "voc", "voc07", "lrp")
 
@@ -36,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", help="checkpoint of a minidet model (model + config + class names)")
     p.add_argument("--data", default=None, help="dataset YAML, dataset folder or 'shapes' (default: the checkpoint's "
                    "training data if it recorded one, else shapes)")
-    p.add_argument("--format", choices=["coco", "voc", "yolo"], default=None, help="format of a dataset folder")
+    p.add_argument("--format", choices=["coco", "voc", "yolo"], default=None,
+                   help="format of a dataset folder (default: its dataset.yaml / Ultralytics data.yaml, else guessed "
+                   "from the layout); must agree with a dataset YAML")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     p.add_argument("--img-size", type=int, default=None, help="letterbox size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch")
@@ -90,41 +102,23 @@ def evaluate_model(args) -> dict:
     if dataset.num_classes != model.num_classes:
         raise DataError(f"the checkpoint predicts {model.num_classes} classes ({model.class_names}) but {data} has "
                         f"{dataset.num_classes} ({dataset.class_names}) — evaluate on the data it was trained for")
-    loader = build_loader(dataset, args.batch_size, train=False, workers=args.workers)
-    coco = COCOEvaluator(dataset.num_classes, dataset.class_names)
-    voc = {m: VOCEvaluator(dataset.num_classes, use_07_metric=(m == "voc07"), class_names=dataset.class_names)
-           for m in ("voc", "voc07") if m in args.metrics}
-    predictions, t0, n = [], time.perf_counter(), 0
-    for images, targets in tqdm(loader, desc=f"eval {args.split}", unit="batch", file=sys.stdout):
-        dets = model.predict(images.to(device), [t["image_size"] for t in targets], [t["scale"] for t in targets],
-                             [t["orig_size"] for t in targets])
-        dets = [{k: v.cpu() for k, v in d.items()} for d in dets]
-        gts = [{"boxes": t["orig_boxes"], "labels": t["labels"], "ignore_boxes": t["orig_ignore_boxes"]} for t in targets]
-        coco.update(dets, gts)
-        for ev in voc.values():
-            ev.update(dets, [{"boxes": t["orig_boxes"], "labels": t["labels"]} for t in targets])
-        for d, t in zip(dets, targets, strict=True):
-            for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True):
-                x1, y1, x2, y2 = box
-                predictions.append({"image_id": t["image_id"], "category_id": dataset.category_ids[label],
-                                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                                    "score": round(score, 5)})
-        n += len(images)
-    seconds = time.perf_counter() - t0
-    stats = coco.compute()
-    print(format_table(stats))
-    print(per_class_table(coco.per_class()))
-    metrics = {"coco": stats, "AP_per_IoU": coco.ap_per_iou(), "per_class_AP": coco.per_class(), "images": n,
-               "seconds": seconds}
-    for name, ev in voc.items():
-        metrics[name] = ev.compute()
-        print(f"VOC mAP@0.5 ({'11-point' if name == 'voc07' else 'all-point'}): {metrics[name]['mAP']:.4f}")
-    if "lrp" in args.metrics:
-        metrics["lrp"] = coco.compute_lrp()
-        print("oLRP {oLRP:.3f} (loc {oLRP_loc:.3f}, FP {oLRP_FP:.3f}, FN {oLRP_FN:.3f})".format(**metrics["lrp"]))
+    loader = CountSkips(build_loader(dataset, args.batch_size, train=False, workers=args.workers), dataset.report)
+    ev = evaluate_detector(model, dataset, loader, device, metrics=args.metrics, progress=True,
+                           desc=f"eval {args.split}")
+    print(format_table(ev.stats))
+    print(per_class_table(ev.per_class()))
+    metrics = {"coco": ev.stats, "AP_per_IoU": ev.ap_per_iou(), "per_class_AP": ev.per_class(), "images": ev.images,
+               "seconds": ev.seconds}
+    for name, result in ev.voc.items():
+        metrics[name] = result
+        print(f"VOC mAP@0.5 ({'11-point' if name == 'voc07' else 'all-point'}): {result['mAP']:.4f}")
+    if ev.lrp is not None:
+        metrics["lrp"] = ev.lrp
+        print("oLRP {oLRP:.3f} (loc {oLRP_loc:.3f}, FP {oLRP_FP:.3f}, FN {oLRP_FN:.3f})".format(**ev.lrp))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.json").write_text(json.dumps(predictions))
+    (out / "predictions.json").write_text(json.dumps(ev.results))  # exactly the list evaluated
+    n, seconds = ev.images, ev.seconds
     print(f"{n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s); wrote {out / 'predictions.json'}")
     return metrics
 

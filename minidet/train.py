@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--backbone", default="tiny", choices=list(BACKBONES), help="backbone network")
     a("--pretrained", action="store_true", help="start the backbone from torchvision's ImageNet weights (needs network)")
     a("--data", default="shapes", help="dataset YAML, dataset folder (COCO / VOC / YOLO tree) or 'shapes'")
-    a("--format", default=None, choices=["coco", "voc", "yolo"], help="format of a --data folder (default: detected)")
+    a("--format", default=None, choices=["coco", "voc", "yolo"], help="format of a --data folder (default: its dataset.yaml / "
+      "Ultralytics data.yaml, else guessed from the layout); must agree with a dataset YAML")
     a("--train-split", default="train", help="split to train on")
     a("--val-split", default="val", help="split to evaluate on ('none' to skip evaluation)")
     a("--shapes-images", type=int, default=2000, help="training images of the built-in shapes data")
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--assigner", default="atss", help="maxiou or atss (RetinaNet), ssd or maxiou (SSD), yolo")
     a("--anchor-sizes", type=int, nargs=5, default=[16, 32, 64, 128, 256], metavar="SIZE", help="RetinaNet anchor base sizes for P3-P7 "
       "(default 32..512; ATSS: 8 x stride)")
+    a("--ignore-iof-thr", type=float, default=0.5, metavar="T",
+      help="priors whose intersection over their own area with a crowd / difficult region exceeds T are ignored, "
+      "not background (mmdetection's ignore_iof_thr); a negative value turns this off (crowd pixels then train "
+      "as background, as torchvision's and detectron2's references do)")
     a("--head-norm", default="gn", choices=["gn", "none"], help="GroupNorm in the RetinaNet head towers")
     a("--weighting", default=None, choices=list(WEIGHTINGS), help="loss-weighting scheme (default: the family's)")
     a("--alwa-interval", type=int, default=100, help="ALWA window C in iterations")
@@ -160,6 +165,8 @@ def model_options(args) -> dict:
         opts["alrp_iou"] = args.alrp_iou
     if args.anchor_sizes and args.model == "retinanet":
         opts["anchor_sizes"] = tuple(args.anchor_sizes)
+    if getattr(args, "ignore_iof_thr", 0.5) != 0.5:
+        opts["ignore_iof_thr"] = args.ignore_iof_thr
     if args.head_norm not in (None, "none") and args.model == "retinanet":
         opts["head_norm"] = args.head_norm
     return opts
@@ -227,6 +234,8 @@ def main(argv=None) -> int:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             print(f"done in {minutes:.1f} min; checkpoints: {run_dir / 'last.pt'}" +
                   (f", {run_dir / 'best.pt'} (AP {result['best_ap']:.4f})" if val_set is not None else ""))
+            if train_set.report.skipped_files:  # lenient: images found unreadable while loading
+                print(f"train data: {train_set.report.summary()}")
         return 0
     except (DataError, CheckpointError, TrainingError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

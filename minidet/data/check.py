@@ -1,20 +1,76 @@
 """Dataset check: ``python -m minidet.data.check DATASET.yaml`` (or a dataset folder, or
 ``shapes``) prints, per split, the images, boxes per class, a box-size histogram and every
-problem found (the check always runs in lenient mode, so it lists them all)."""
+problem found (the check always runs in lenient mode, so it lists them all). It decodes every
+image (in parallel threads, as training will: displayed orientation, see image_io) and reports
+corrupt and truncated files and images whose decoded size differs from their annotations."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
-from .config import build_dataset, resolve_config
+from .config import _splits_of, build_dataset, resolve_config
+from .image_io import decode_rgb
 from .problems import DataError
 
 SIZE_BINS = (0, 8, 16, 32, 64, 96, 128, 256, 512, math.inf)  # sqrt(box area) in px
+
+
+def _jpeg_or_png_truncated(path: Path) -> bool:
+    """Whether PIL finds the file truncated when decoding it in full."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except OSError as err:
+        return "truncated" in str(err).lower()  # "image file is truncated", "Truncated File Read"
+    except Exception:  # noqa: BLE001 - any other failure: not a truncation
+        return False
+    return False
+
+
+def image_problem(record) -> tuple[str, str] | None:
+    """(kind, message) of what is wrong with a record's image file, or None: decoded as training
+    decodes it (OpenCV, EXIF orientation applied) and compared with the annotated size."""
+    path = Path(record.path)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as err:
+        return "unreadable image", f"{path}: cannot be read ({err})"
+    image = decode_rgb(data)
+    jpeg = data[:2].tobytes() == b"\xff\xd8"
+    if image is None or (jpeg and data[-2:].tobytes() != b"\xff\xd9"):  # no JPEG end marker: decode fully
+        if _jpeg_or_png_truncated(path):
+            return "truncated image", (f"{path}: truncated (the file ends before its image data does) — replace it "
+                                       f"or download it again")
+    if image is None:
+        return "corrupt image", f"{path}: cannot be decoded (corrupt or not an image) — replace or delete the file"
+    h, w = image.shape[:2]
+    if (w, h) != (record.width, record.height):
+        turned = (h, w) == (record.width, record.height)
+        return "image size mismatch", (
+            f"{path}: the annotations say {record.width}x{record.height} but the image is {w}x{h} as displayed"
+            + (" (its EXIF orientation turns it; annotations are of the displayed image)" if turned else "")
+            + " — fix the image size in the annotation file")
+    return None
+
+
+def check_images(dataset, workers: int = 4) -> int:
+    """Decode every image of ``dataset`` (``workers`` threads; OpenCV releases the GIL) and add
+    the problems found to ``dataset.report`` (lenient). -> the number of problems found."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = [p for p in pool.map(image_problem, dataset.records) if p is not None]
+    for kind, message in found:
+        dataset.report.problem(kind, message)
+    return len(found)
 
 
 def summarize(dataset, split: str) -> str:
@@ -46,14 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m minidet.data.check", description=__doc__)
     p.add_argument("data", help="dataset YAML, dataset folder, or 'shapes'")
     p.add_argument("--splits", nargs="+", default=None, help="splits to check (default: train and val if present)")
-    p.add_argument("--format", choices=["coco", "voc", "yolo"], default=None, help="format of a dataset folder")
+    p.add_argument("--format", choices=["coco", "voc", "yolo"], default=None,
+                   help="format of a dataset folder (default: its dataset.yaml / Ultralytics data.yaml, else guessed "
+                   "from the layout); must agree with a dataset YAML")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding images")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the images (annotations only)")
     args = p.parse_args(argv)
     try:
         cfg = resolve_config(args.data, args.format)
-        splits = args.splits or [s for s in ("train", "val", "test") if s in cfg] or ["train", "val"]
+        splits = (args.splits or [s for s in ("train", "val", "test") if s in cfg] or _splits_of(cfg)
+                  or ["train", "val"])
         problems = 0
         for split in splits:
             ds = build_dataset(cfg, split, strict=False)
+            if cfg["format"] != "shapes" and not args.no_decode:
+                check_images(ds, args.workers)
             problems += ds.report.total
             print(summarize(ds, split))
     except DataError as err:

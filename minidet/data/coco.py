@@ -36,7 +36,10 @@ def read_coco(annotations: str | Path, images: str | Path, report: DataReport | 
               transform=None) -> DetectionDataset:
     """COCO dataset; category ids map to contiguous labels 0..C-1 in increasing id order
     (``dataset.category_ids[label]`` maps back for exporting results). ``iscrowd`` boxes
-    become ignore regions. Problems are reported with the file and annotation id."""
+    become ignore regions of their category; ``area`` (when given) is kept for COCO's area
+    ranges. ``dataset.coco_source`` holds the image, annotation and category entries kept, exactly
+    as written, so that evaluation sees the file pycocotools sees. Problems are reported with the
+    file and annotation id."""
     report = report or DataReport()
     ann_path, img_dir = Path(annotations), Path(images)
     data = _load_json(ann_path)
@@ -83,6 +86,7 @@ def read_coco(annotations: str | Path, images: str | Path, report: DataReport | 
         anns_by_image[ann["image_id"]].append(ann)
 
     records = []
+    source: dict = {"images": [], "annotations": [], "categories": cats}  # the entries kept, as written
     for iid, img in images_by_id.items():
         path = img_dir / img["file_name"]
         if not path.is_file():
@@ -99,5 +103,12 @@ def read_coco(annotations: str | Path, images: str | Path, report: DataReport | 
         kept = [a for a, k in zip(anns, keep, strict=True) if k]
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in kept], bool)
         labels = np.array([label_of[a["category_id"]] for a in kept], np.int64)
-        records.append(Record(str(path), iid, int(w), int(h), boxes[~crowd], labels[~crowd], boxes[crowd]))
-    return DetectionDataset(records, names, report, transform, category_ids=cat_ids)
+        areas = np.array([a["area"] if _is_number(a.get("area")) else a["bbox"][2] * a["bbox"][3] for a in kept],
+                         np.float64)
+        records.append(Record(str(path), iid, int(w), int(h), boxes[~crowd], labels[~crowd], boxes[crowd],
+                              labels[crowd], areas[~crowd]))
+        source["images"].append(img)
+        source["annotations"] += kept
+    dataset = DetectionDataset(records, names, report, transform, category_ids=cat_ids)
+    dataset.coco_source = source
+    return dataset

@@ -1,9 +1,13 @@
 """The dataset every reader produces: records of (image file, boxes, labels) -> items.
 
 An item is ``{"image": uint8 HxWx3 RGB, "boxes": float32 [N, 4] xyxy pixels, "labels": int64 [N],
-"image_id", "path", "ignore_boxes": float32 [M, 4]}`` (ignore boxes: COCO crowd regions and VOC
-"difficult" objects: not trained as positives, used by evaluation), after the optional
-transform. Box checks happen once, when a reader builds its records (``clean_boxes``).
+"areas": float64 [N], "image_id", "path", "ignore_boxes": float32 [M, 4], "ignore_labels": int64
+[M]}``, after the optional transform. Ignore regions are COCO ``iscrowd`` annotations and VOC
+"difficult" objects, each with its class: never trained as positives or as background (priors
+inside them are ignored), and ignored by evaluation the way pycocotools / the VOC devkit do.
+``areas`` are the annotations' own areas (COCO ``area``, the segmentation area; box areas for
+the other formats), which COCO's small / medium / large ranges use. Box checks happen once,
+when a reader builds its records (``clean_boxes``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ OUTSIDE_TOLERANCE = 1.0  # px a box may stick out of the image before it counts 
 
 @dataclass
 class Record:
-    """One image and its annotations (boxes xyxy pixels, 0-based labels)."""
+    """One image and its annotations: boxes [N, 4] xyxy pixels, 0-based labels [N], areas [N]
+    (None: the box areas), ignore regions [M, 4] with their labels [M]."""
 
     path: str
     image_id: int | str
@@ -31,6 +36,22 @@ class Record:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    ignore_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    areas: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.areas is None:
+            b = np.asarray(self.boxes, np.float64).reshape(-1, 4)
+            self.areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        if len(self.ignore_labels) != len(self.ignore_boxes):
+            raise ValueError(f"{self.path}: {len(self.ignore_boxes)} ignore boxes but {len(self.ignore_labels)} "
+                             f"ignore labels")
+
+    def item(self, image: np.ndarray) -> dict:
+        """The untransformed item of this record with ``image``."""
+        return {"image": image, "boxes": self.boxes.copy(), "labels": self.labels.copy(),
+                "areas": np.asarray(self.areas, np.float64).copy(), "image_id": self.image_id, "path": self.path,
+                "ignore_boxes": self.ignore_boxes.copy(), "ignore_labels": self.ignore_labels.copy()}
 
 
 def clean_boxes(boxes: np.ndarray, width: float, height: float, where: Sequence[str],
@@ -89,6 +110,9 @@ class DetectionDataset(Dataset):
         # not depend on worker count or order, and a resumed run repeats them exactly.
         self.aug_seed: int | None = None
         self.epoch = 0
+        # VOC's use_difficult: items carry the ignore regions as ordinary objects (training
+        # only; evaluation reads the records, where they stay ignore regions)
+        self.ignore_as_objects = False
 
     @property
     def num_classes(self) -> int:
@@ -103,12 +127,25 @@ class DetectionDataset(Dataset):
         image = read_rgb(r.path)
         h, w = image.shape[:2]
         if (w, h) != (r.width, r.height):
-            raise DataError(f"{r.path}: the annotations say {r.width}x{r.height} but the image is {w}x{h} — "
-                            f"fix the image size in the annotation file")
-        return {"image": image, "boxes": r.boxes.copy(), "labels": r.labels.copy(), "image_id": r.image_id,
-                "path": r.path, "ignore_boxes": r.ignore_boxes.copy()}
+            rotated = " (the sizes are swapped: the annotations were made for the image before its EXIF rotation; " \
+                "minidet uses images as displayed)" if (w, h) == (r.height, r.width) else ""
+            raise DataError(f"{r.path}: the annotations say {r.width}x{r.height} but the image is {w}x{h} as "
+                            f"displayed{rotated} — fix the image size in the annotation file")
+        item = r.item(image)
+        if self.ignore_as_objects and len(r.ignore_boxes):
+            item["boxes"] = np.concatenate([item["boxes"], item.pop("ignore_boxes")])
+            item["labels"] = np.concatenate([item["labels"], item.pop("ignore_labels")])
+            b = item["boxes"].astype(np.float64)
+            item["areas"] = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            item["ignore_boxes"], item["ignore_labels"] = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return item
 
     def __getitem__(self, index: int) -> dict:
+        """Item ``index`` (transformed). Lenient mode replaces an unreadable image by the next
+        readable one; the item then carries ``"skipped": [(path, message), ...]`` so that the
+        main process can count the skip (``problems.record_skipped``) even when this runs in a
+        DataLoader worker process, whose copy of ``self.report`` it never sees."""
+        skipped = []
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
             try:
@@ -118,11 +155,15 @@ class DetectionDataset(Dataset):
                 if self.report.strict:
                     raise
                 self.skipped_images += 1
-                print(f"warning: skipping an unreadable image: {err}")
+                skipped.append((self.records[i].path, str(err)))
+                if self.report.image_skipped(self.records[i].path, str(err)):  # warn once per file and process
+                    print(f"warning: skipping an unreadable image: {err}")
         else:
             raise DataError("no readable image in the dataset")
-        if self.transform is None:
-            return item
-        if self.aug_seed is not None and hasattr(self.transform, "reseed"):
-            self.transform.reseed((self.aug_seed * 1_000_003 + self.epoch * 100_003 + index) % 2**32)
-        return self.transform(item)
+        if self.transform is not None:
+            if self.aug_seed is not None and hasattr(self.transform, "reseed"):
+                self.transform.reseed((self.aug_seed * 1_000_003 + self.epoch * 100_003 + index) % 2**32)
+            item = self.transform(item)
+        if skipped:
+            item["skipped"] = skipped
+        return item

@@ -61,7 +61,8 @@ class ShardSampler(Sampler):
 def collate(batch: list[dict], size_divisor: int = 32) -> tuple[Tensor, list[dict]]:
     """Items -> (images float32 [B, 3, H, W] in [0, 1], zero-padded at the bottom/right to a
     common size that is a multiple of ``size_divisor``; targets: one dict per image with
-    "boxes" [N, 4] float32, "labels" [N] int64, "ignore_boxes", "image_id", "path",
+    "boxes" [N, 4] float32, "labels" [N] int64, "ignore_boxes" [M, 4], "ignore_labels" [M] (-1:
+    unknown class), "image_id", "path",
     "orig_size", "scale", "image_size" (h, w before padding))."""
     hs = [it["image"].shape[0] for it in batch]
     ws = [it["image"].shape[1] for it in batch]
@@ -76,11 +77,14 @@ def collate(batch: list[dict], size_divisor: int = 32) -> tuple[Tensor, list[dic
             "boxes": torch.as_tensor(it["boxes"], dtype=torch.float32).reshape(-1, 4),
             "labels": torch.as_tensor(it["labels"], dtype=torch.int64).reshape(-1),
             "ignore_boxes": torch.as_tensor(it.get("ignore_boxes", np.zeros((0, 4))), dtype=torch.float32).reshape(-1, 4),
+            "ignore_labels": torch.as_tensor(it.get("ignore_labels", np.full(len(it.get("ignore_boxes", ())), -1)),
+                                             dtype=torch.int64).reshape(-1),
             "image_id": it.get("image_id"),
             "path": it.get("path"),
             "orig_size": it.get("orig_size", (hs[i], ws[i])),
             "scale": it.get("scale", (1.0, 1.0)),
             "image_size": (hs[i], ws[i]),
+            "skipped": list(it.get("skipped", ())),  # lenient: (path, message) of images skipped while loading
         })
         for key in ("orig_boxes", "orig_ignore_boxes"):  # untouched annotations, for evaluation
             if key in it:

@@ -154,8 +154,7 @@ class ShapesDataset(DetectionDataset):
                     cv2.polylines(img, pts, True, colour, o["thickness"], cv2.LINE_AA, shift=4)
                 else:
                     cv2.fillPoly(img, pts, colour, cv2.LINE_AA, shift=4)
-        return {"image": img, "boxes": r.boxes.copy(), "labels": r.labels.copy(), "image_id": r.image_id,
-                "path": r.path, "ignore_boxes": r.ignore_boxes.copy()}
+        return r.item(img)
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:

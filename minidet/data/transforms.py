@@ -8,8 +8,10 @@ the image) plus SSD's expand / IoU-crop, and the exact letterbox used for evalua
 - ``EvalTransform``: letterbox — resize by one factor so the image fits size x size, pad at the
   bottom/right. ``unletterbox`` maps predicted boxes back to original pixels exactly.
 
-Transforms act on items (``{"image", "boxes", "labels", "ignore_boxes", ...}``) and add
-``"orig_size"`` (h, w) and ``"scale"`` (sx, sy: original pixel -> transformed pixel).
+Transforms act on items (``{"image", "boxes", "labels", "ignore_boxes", "ignore_labels", ...}``);
+ignore regions follow the image with their labels. They add ``"orig_size"`` (h, w) and ``"scale"``
+(sx, sy: original pixel -> transformed pixel); ``TrainTransform`` replaces ``"areas"`` by the
+areas of the transformed boxes.
 """
 
 from __future__ import annotations
@@ -111,9 +113,11 @@ class TrainTransform:
     def __call__(self, item: dict) -> dict:
         image = item["image"]
         h, w = image.shape[:2]
-        boxes = np.concatenate([item["boxes"], item["ignore_boxes"]]).astype(np.float32)
-        labels = np.concatenate([item["labels"], np.full(len(item["ignore_boxes"]), -1)]).astype(np.int64)
-        ignore = np.r_[np.zeros(len(item["boxes"]), bool), np.ones(len(item["ignore_boxes"]), bool)]
+        ignore_boxes = item.get("ignore_boxes", np.zeros((0, 4), np.float32))
+        ignore_labels = item.get("ignore_labels", np.full(len(ignore_boxes), -1))
+        boxes = np.concatenate([item["boxes"], ignore_boxes]).astype(np.float32)
+        labels = np.concatenate([item["labels"], ignore_labels]).astype(np.int64)
+        ignore = np.r_[np.zeros(len(item["boxes"]), bool), np.ones(len(ignore_boxes), bool)]
         if self.ssd:
             image, boxes = ssd_expand(image, boxes, self.rng)
             crop_img, crop_boxes, keep_idx = ssd_iou_crop(image, boxes, np.arange(len(boxes)), self.rng)
@@ -122,7 +126,9 @@ class TrainTransform:
         b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         lab = np.asarray(out["labels"], np.int64)
         ign = np.asarray(out["ignore"], bool)
+        bw = b.astype(np.float64)
         return {**item, "image": out["image"], "boxes": b[~ign], "labels": lab[~ign], "ignore_boxes": b[ign],
+                "ignore_labels": lab[ign], "areas": ((bw[:, 2] - bw[:, 0]) * (bw[:, 3] - bw[:, 1]))[~ign],
                 "orig_size": (h, w), "scale": (1.0, 1.0)}
 
 

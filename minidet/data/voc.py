@@ -1,6 +1,7 @@
 """Pascal VOC reader: Annotations/*.xml + JPEGImages/ + ImageSets/Main/<split>.txt, or a flat
-folder of image + XML pairs. VOC's 1-based pixel coordinates become x1 = xmin - 1,
-y1 = ymin - 1, x2 = xmax, y2 = ymax."""
+folder of image + XML pairs. VOC's 1-based inclusive pixel coordinates become continuous
+x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax (so width = xmax - xmin + 1, the devkit's
+convention)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DetectionDataset, Record, clean_boxes
+from .image_io import image_size
 from .problems import DataError, DataReport
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
+    """The image of an annotation: its <filename> in ``folder``, else ``stem`` with any image
+    suffix (lower or upper case, e.g. a phone's IMG_0001.JPG)."""
     if filename and (folder / filename).is_file():
         return folder / filename
     for suffix in IMAGE_SUFFIXES:
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
     return None
 
 
@@ -34,20 +39,35 @@ def _number(node, tag: str, xml: Path):
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image  # header only, no decoding
+    """(width, height) as displayed, EXIF orientation applied (header only; see image_io)."""
+    return image_size(path)
 
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception as err:  # noqa: BLE001 - any decoder failure is "unreadable"
-        raise DataError(f"cannot read image {path} ({err}) — replace the file or run with --lenient") from None
+
+def voc_class_names(root: str | Path) -> list[str]:
+    """The sorted class names of a VOC devkit folder without a YAML: every <object><name> in the
+    annotation files of all its splits (ImageSets/Main/*.txt; every Annotations/*.xml when there
+    is no split list). Unreadable files are left to the reader, which reports them."""
+    root = Path(root)
+    stems: set[str] = set()
+    for list_file in sorted((root / "ImageSets" / "Main").glob("*.txt")):
+        stems.update(line.split()[0] for line in list_file.read_text().splitlines() if line.strip())
+    xmls = [root / "Annotations" / f"{s}.xml" for s in sorted(stems)] or sorted((root / "Annotations").glob("*.xml"))
+    names: set[str] = set()
+    for xml in xmls:
+        try:
+            tree = ET.parse(xml).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        names.update(n for n in ((obj.findtext("name") or "").strip() for obj in tree.iter("object")) if n)
+    return sorted(names)
 
 
 def read_voc(root: str | Path, split: str | None, class_names: Sequence[str], report: DataReport | None = None,
              transform=None, use_difficult: bool = False) -> DetectionDataset:
     """VOC dataset. ``split`` names ImageSets/Main/<split>.txt under ``root``; None reads every
-    XML file of ``root`` as a flat folder (images beside them). Objects marked difficult become
-    ignore regions unless ``use_difficult``."""
+    XML file of ``root`` as a flat folder (images beside them). Objects marked difficult are
+    ignore regions of their class; ``use_difficult`` trains them as objects (the items carry them
+    as boxes) while evaluation still ignores them, as the devkit does."""
     report = report or DataReport()
     root = Path(root)
     label_of = {n: k for k, n in enumerate(class_names)}
@@ -104,6 +124,8 @@ def read_voc(root: str | Path, split: str | None, class_names: Sequence[str], re
             continue
         clean, keep = clean_boxes(np.array(boxes, np.float64).reshape(-1, 4), w, h, where, report)
         labels_a = np.array(labels, np.int64)[keep]
-        hard = np.array(difficult, bool)[keep] & (not use_difficult)
-        records.append(Record(str(path), xml.stem, w, h, clean[~hard], labels_a[~hard], clean[hard]))
-    return DetectionDataset(records, class_names, report, transform)
+        hard = np.array(difficult, bool)[keep]
+        records.append(Record(str(path), xml.stem, w, h, clean[~hard], labels_a[~hard], clean[hard], labels_a[hard]))
+    dataset = DetectionDataset(records, class_names, report, transform)
+    dataset.ignore_as_objects = use_difficult
+    return dataset

@@ -1,4 +1,5 @@
-"""YOLO TXT reader: images/ and labels/ trees, one "class cx cy w h" line per box (normalised)."""
+"""YOLO TXT reader: images/ and labels/ trees, one "class cx cy w h" line per box, normalised to
+the image as displayed (EXIF orientation applied, like Ultralytics' ``exif_size``)."""
 
 from __future__ import annotations
 
@@ -22,23 +23,40 @@ def labels_dir_for(images: Path) -> Path:
     return images
 
 
-def read_yolo(images: str | Path, class_names: Sequence[str], labels: str | Path | None = None,
+def image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files of a YOLO split as Ultralytics' data.yaml gives it: a folder (its images,
+    sorted), a .txt file listing image paths (relative ones are relative to the .txt file's
+    folder), or a list of those."""
+    if isinstance(images, list | tuple):
+        return [f for part in images for f in image_files(part)]
+    path = Path(images)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.is_file() and path.suffix.lower() == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [p if p.is_absolute() else path.parent / p for p in map(Path, lines)]
+    raise DataError(f"images folder not found: {path} — check the split paths in the dataset YAML")
+
+
+def read_yolo(images: str | Path | Sequence[str | Path], class_names: Sequence[str], labels: str | Path | None = None,
               report: DataReport | None = None, transform=None) -> DetectionDataset:
-    """YOLO dataset: every image in ``images`` (labels from the matching labels folder; an image
-    without a label file has no objects)."""
+    """YOLO dataset: every image in ``images`` (a folder, an image-list .txt or a list of those,
+    see ``image_files``); labels from ``labels`` or else from the labels folder matching each
+    image's folder (an image without a label file has no objects). Boxes are normalised to the
+    image as displayed (EXIF orientation applied), as Ultralytics does."""
     report = report or DataReport()
-    img_dir = Path(images)
-    if not img_dir.is_dir():
-        raise DataError(f"images folder not found: {img_dir} — check the split paths in the dataset YAML")
-    lab_dir = Path(labels) if labels is not None else labels_dir_for(img_dir)
     nc = len(class_names)
     records = []
-    for path in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in image_files(images):
+        if not path.is_file():
+            report.problem("missing image file", f"{path}: listed in the split but not found")
+            continue
         try:
             w, h = _image_size(path)
         except DataError as err:
             report.problem("unreadable image", str(err))
             continue
+        lab_dir = Path(labels) if labels is not None else labels_dir_for(path.parent)
         label_file = lab_dir / f"{path.stem}.txt"
         rows, where = [], []
         lines = label_file.read_text().splitlines() if label_file.is_file() else []

@@ -17,10 +17,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data import build_loader
-from ..evaluation import COCOEvaluator
+from ..data.problems import CountSkips, record_skipped
+from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector
 from ..weighting import SelfBalance
 from .checkpoint import save_checkpoint
-from .distributed import gather_objects, is_main, world_size
+from .distributed import is_main, world_size
 from .ema import ModelEMA
 from .logger import RunLogger
 from .schedule import build_scheduler
@@ -89,7 +90,8 @@ class Trainer:
         if len(self.train_loader) == 0:
             raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch of "
                                 f"{args.batch_size} per process — lower --batch-size")
-        self.val_loader = build_loader(val_set, args.batch_size, train=False, workers=args.workers) if val_set else None
+        self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=args.workers),
+                                      val_set.report, "val data") if val_set else None)
         params = [p for p in model.parameters() if p.requires_grad]
         if args.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -175,8 +177,11 @@ class Trainer:
                    disable=not is_main() or args.quiet, file=sys.stdout, dynamic_ncols=True, leave=True)
         t0, seen = time.perf_counter(), 0
         for images, targets in bar:
+            record_skipped(self.train_set.report, targets)  # lenient: count images skipped in workers
             images = images.to(self.device, non_blocking=True)
-            targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+            # labels stay on the CPU: the criterion checks their range there, without a device sync
+            targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"],
+                        "ignore_boxes": t["ignore_boxes"].to(self.device)} for t in targets]
             losses = self.step(images, targets)
             st.batch_in_epoch += 1
             seen += len(images) * world_size()
@@ -238,22 +243,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """COCO stats of the (EMA) model on the validation split, gathered over processes."""
+        """The 12 COCO stats of the (EMA) model on the validation split: every process predicts
+        its shard, the detections are gathered over processes (``gather_objects``) and scored
+        against the dataset's own ground truth by ``evaluate_detector``, the function
+        ``python -m minidet.eval --weights`` uses. ``self.last_evaluation`` keeps the full result
+        (including the COCO results list that was scored)."""
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
-        local = []
-        for images, targets in tqdm(self.val_loader, desc="val", disable=not is_main() or self.args.quiet,
-                                    file=sys.stdout, leave=False):
-            dets = model.predict(images.to(self.device), [t["image_size"] for t in targets],
-                                 [t["scale"] for t in targets], [t["orig_size"] for t in targets])
-            for d, t in zip(dets, targets, strict=True):
-                local.append(({k: v.cpu() for k, v in d.items()},
-                              {"boxes": t["orig_boxes"], "labels": t["labels"], "ignore_boxes": t["orig_ignore_boxes"]}))
-        model.train()
-        evaluator = COCOEvaluator(len(self.class_names), self.class_names)
-        for part in gather_objects(local):
-            evaluator.update([p for p, _ in part], [t for _, t in part])
-        return evaluator.compute()
+        try:
+            self.last_evaluation: DetectorEvaluation = evaluate_detector(
+                model, self.val_set, self.val_loader, self.device,
+                progress=is_main() and not self.args.quiet, desc="val")
+        finally:
+            model.train()
+        return self.last_evaluation.stats
 
     def evaluate_and_keep_best(self) -> dict:
         stats = self.evaluate()

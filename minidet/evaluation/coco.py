@@ -1,10 +1,24 @@
 """COCO bbox evaluation written in numpy, with pycocotools' COCOeval semantics: the same 12
 numbers ``COCOeval.summarize()`` prints (AP@[.5:.95], AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
 
-Two entry points:
+Evaluation is per (image, category): a crowd gt (``iscrowd: 1``) only affects detections of its
+own category; a gt is ignored when it is a crowd or its ``area`` field (the annotation's own
+area, e.g. the segmentation area in real COCO) lies outside the area range; a detection's area
+is w * h of its bbox. A gt without an ``area`` field gets w * h of its bbox here (pycocotools
+needs the field).
+
+Entry points:
 - ``coco_evaluate(gt, results)``: a COCO gt dict or JSON path and a results list or JSON path
-  (``backend="pycocotools"`` / ``"faster-coco-eval"`` hands the same inputs to those tools);
-- ``COCOEvaluator``: ``update(predictions, targets)`` batch by batch, then ``compute()``.
+  (``backend="pycocotools"`` / ``"faster-coco-eval"`` validates them the same way, then hands
+  them to those tools);
+- ``load_coco_boxes`` + ``evaluate_boxes``: the same, returning COCOeval's precision / recall
+  arrays too (what ``minidet.evaluation.detector_eval`` uses to evaluate a model on a dataset);
+- ``COCOEvaluator``: in-memory predictions and targets, ``update()`` batch by batch, then
+  ``compute()``.
+
+Results are validated before evaluation: a result whose image id or category id is not in the
+gt is a ``ResultsError`` naming the entry (pycocotools asserts on the first and silently skips
+the second).
 """
 
 from __future__ import annotations
@@ -18,7 +32,8 @@ import numpy as np
 
 from .matching import Boxes, match
 
-__all__ = ["COCOEvaluator", "coco_evaluate", "STAT_NAMES", "evaluate_boxes", "format_table"]
+__all__ = ["COCOEvaluator", "coco_evaluate", "STAT_NAMES", "evaluate_boxes", "format_table", "load_coco_boxes",
+           "ResultsError"]
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -215,7 +230,9 @@ def load_coco_boxes(gt: dict | str | Path, results: list | str | Path) -> tuple[
 
 
 def coco_evaluate(gt: dict | str | Path, results: list | str | Path, backend: str = "minidet") -> dict[str, float]:
-    """The 12 COCO bbox stats of ``results`` against ``gt`` (dicts / lists or JSON paths)."""
+    """The 12 COCO bbox stats of ``results`` against ``gt`` (dicts / lists or JSON paths).
+    Every backend first validates the inputs (``load_coco_boxes``: a clear ``ResultsError`` for
+    an unknown image or category id or a malformed entry)."""
     if backend != "minidet":
         return _external(gt, results, backend)
     dts, gts, n_categories = load_coco_boxes(gt, results)
@@ -223,7 +240,7 @@ def coco_evaluate(gt: dict | str | Path, results: list | str | Path, backend: st
 
 
 def _external(gt, results, backend: str) -> dict[str, float]:
-    """Run pycocotools or faster-coco-eval on the same inputs."""
+    """Validate the inputs as minidet does, then run pycocotools or faster-coco-eval on them."""
     import contextlib
     import io
     import tempfile
@@ -241,6 +258,8 @@ def _external(gt, results, backend: str) -> dict[str, float]:
         raise ResultsError(f"the {backend} backend is not installed: pip install {backend}") from None
     gt = _load(gt, "ground truth")
     results = _load(results, "results")
+    load_coco_boxes(gt, results)  # a ResultsError naming the entry instead of the tool's assertion
+    results = [dict(r) for r in results]  # loadRes writes into the entries
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gt.json"
         path.write_text(json.dumps(gt))
@@ -260,9 +279,20 @@ class COCOEvaluator:
     """Accumulate predictions and targets batch by batch, then compute the COCO stats.
 
     predictions: [{"boxes" [K, 4] xyxy, "scores" [K], "labels" [K]}]; targets: [{"boxes" [N, 4]
-    xyxy, "labels" [N], optional "ignore_boxes" [M, 4] (crowd regions: IoU over the detection's
-    area, never a false negative)}], both in the same (original image) pixels; images are
-    numbered in the order seen. Areas are box areas.
+    xyxy, "labels" [N], optional "areas" [N] (the gts' areas for the small / medium / large
+    ranges; default: the box areas), optional "ignore_boxes" [M, 4] with optional
+    "ignore_labels" [M]}], both in the same (original image) pixels; labels are 0..C-1 and
+    images are numbered in the order seen.
+
+    Ignore regions are pycocotools crowd gts: IoU = intersection / detection area, never a false
+    negative, may absorb many detections. One with label k (``ignore_labels``, as COCO crowd
+    annotations and VOC difficult objects have) only affects detections of class k, as in
+    pycocotools; one without a label (no "ignore_labels", or a label < 0) applies to every class.
+    Per image and class the gts come first, then the ignore regions, each in the given order
+    (pycocotools uses the annotation order: the two agree unless ignored gts tie exactly in IoU).
+
+    For a detector on a dataset, ``minidet.evaluation.detector_eval`` evaluates against the
+    dataset's own annotation file instead.
     """
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
@@ -274,20 +304,30 @@ class COCOEvaluator:
         self.precision: np.ndarray | None = None
 
     def update(self, predictions: Sequence[dict], targets: Sequence[dict]) -> None:
+        """Add one batch: predictions[i] and targets[i] belong to the same image."""
         for p, t in zip(predictions, targets, strict=True):
             i = self.n_images
             self.n_images += 1
             pb = _np(p["boxes"]).reshape(-1, 4)
-            self._dt.append((np.full(len(pb), i), _np(p["labels"]).astype(np.int64), _xywh(pb), _np(p["scores"])))
-            gb = _np(t["boxes"]).reshape(-1, 4)
+            self._dt.append((np.full(len(pb), i), _np(p["labels"]).astype(np.int64).reshape(-1), _xywh(pb),
+                             _np(p["scores"]).reshape(-1)))
+            gb = _xywh(_np(t["boxes"]).reshape(-1, 4))
+            areas = _np(t["areas"]).reshape(-1) if t.get("areas") is not None else gb[:, 2] * gb[:, 3]
+            if len(areas) != len(gb):
+                raise ValueError(f"image {i}: {len(gb)} boxes but {len(areas)} areas")
+            self._gt.append((np.full(len(gb), i), _np(t["labels"]).astype(np.int64).reshape(-1), gb,
+                             np.zeros(len(gb), bool), areas))
             ib = _np(t.get("ignore_boxes", np.zeros((0, 4)))).reshape(-1, 4)
-            ilab = _np(t.get("ignore_labels", np.full(len(ib), -1))).astype(np.int64)
-            self._gt.append((np.full(len(gb), i), _np(t["labels"]).astype(np.int64), _xywh(gb), np.zeros(len(gb), bool)))
+            ilab = t.get("ignore_labels")
+            ilab = np.full(len(ib), -1, np.int64) if ilab is None else _np(ilab).astype(np.int64).reshape(-1)
+            if len(ilab) != len(ib):
+                raise ValueError(f"image {i}: {len(ib)} ignore boxes but {len(ilab)} ignore labels")
             for k in range(self.num_classes) if len(ib) else ():
                 sel = (ilab == k) | (ilab < 0)  # unlabelled ignore regions apply to every class
                 if sel.any():
-                    self._gt.append((np.full(int(sel.sum()), i), np.full(int(sel.sum()), k), _xywh(ib[sel]),
-                                     np.ones(int(sel.sum()), bool)))
+                    ixywh = _xywh(ib[sel])
+                    self._gt.append((np.full(len(ixywh), i), np.full(len(ixywh), k), ixywh,
+                                     np.ones(len(ixywh), bool), ixywh[:, 2] * ixywh[:, 3]))
 
     def boxes(self) -> tuple[Boxes, Boxes]:
         """Everything seen so far as (detections, gts)."""
@@ -298,7 +338,7 @@ class COCOEvaluator:
         dts = Boxes(cat(self._dt, 0, 0, np.int64), cat(self._dt, 1, 0, np.int64), dxywh,
                     dxywh[:, 2] * dxywh[:, 3], score=cat(self._dt, 3, 0, float))
         gts = Boxes(cat(self._gt, 0, 0, np.int64), cat(self._gt, 1, 0, np.int64), gxywh,
-                    gxywh[:, 2] * gxywh[:, 3], crowd=cat(self._gt, 3, 0, bool))
+                    cat(self._gt, 4, 0, float), crowd=cat(self._gt, 3, 0, bool))
         return dts, gts
 
     def compute(self) -> dict[str, float]:

@@ -1,9 +1,28 @@
 """Pascal VOC mAP at IoU 0.5: the VOC2007 11-point metric and the VOC2010+ all-point metric,
-with the devkit's semantics: per class, detections by decreasing score; a detection whose best
-IoU with a gt of its image exceeds 0.5 is a true positive if that gt is not taken yet, a
-false positive if it is; detections whose best gt is "difficult" are ignored; recall is over
-the non-difficult gts. Boxes are continuous xyxy (minidet's VOC reader already turned the
-1-based pixel indices into such boxes, so no "+1" appears here)."""
+with the devkit's semantics (``VOCevaldet``, as in the widely used Python port ``voc_eval``):
+
+- per class, over all images, detections sorted by decreasing confidence (stable: ties keep
+  their input order; the devkit's unstable argsort leaves that order unspecified);
+- each detection takes the gt of its class in its image with the largest IoU (difficult ones
+  included; on an exact tie the first one, non-difficult gts before difficult ones here, the
+  XML order in the devkit). If that IoU > 0.5 (strictly): a difficult gt -> the detection is
+  ignored (neither TP nor FP); a gt not matched yet -> TP, and the gt is marked; an already
+  matched gt -> FP. Otherwise (including images without gts of the class) -> FP;
+- recall is over the non-difficult gts (npos); precision tp / max(tp + fp, eps);
+- VOC2007: mean over t = 0, 0.1, ..., 1 of the max precision at recall >= t; VOC2010+: area under
+  the precision envelope (running max from the right) at every recall change. Classes without
+  non-difficult gts get nan and are left out of the mean (the devkit would divide by zero).
+
+Pixel convention: boxes are continuous xyxy. minidet's VOC reader turns the XML's 1-based,
+inclusive pixel indices into x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax, so a width
+x2 - x1 equals the devkit's xmax - xmin + 1 and the plain continuous IoU computed here equals the
+devkit's "+1" IoU on the XML values (a detection [x1, y1, x2, y2] is the devkit detection
+[x1 + 1, y1 + 1, x2, y2]). No "+1" appears here.
+
+On a dataset (``minidet.evaluation.detector_eval.voc_evaluate``) the difficult gts are the
+records' ignore regions: VOC difficult objects, and for COCO data the crowd regions (with plain
+IoU here, not pycocotools' intersection over the detection's area).
+"""
 
 from __future__ import annotations
 
@@ -38,11 +57,14 @@ def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
 
 
 class VOCEvaluator:
-    """update(predictions, targets) per batch, compute() -> {"mAP", "AP per class"}.
+    """update(predictions, targets) per batch, compute() -> {"mAP", "AP": {class name: AP}}.
 
-    predictions: [{"boxes" [K,4] xyxy, "scores", "labels"}]; targets: [{"boxes", "labels",
-    optional "difficult" [N] bool}] (or difficult objects given as "ignore_boxes" +
-    "ignore_labels"). Classes without non-difficult gts are left out of the mean.
+    predictions: [{"boxes" [K, 4] xyxy, "scores" [K], "labels" [K]}]; targets: [{"boxes" [N, 4]
+    xyxy, "labels" [N], optional "difficult" [N] bool, optional "ignore_boxes" [M, 4] with
+    optional "ignore_labels" [M]: more difficult objects, each of its class (one without a label,
+    or with a label < 0, is a difficult object of every class)}]; continuous pixels (see the
+    module docstring); images are numbered in the order seen. Classes without non-difficult gts
+    get AP nan and are left out of the mean.
     """
 
     def __init__(self, num_classes: int, iou_thr: float = 0.5, use_07_metric: bool = False,
@@ -59,10 +81,17 @@ class VOCEvaluator:
             self.n_images += 1
             boxes, labels = _np(t["boxes"]).reshape(-1, 4), _np(t["labels"]).astype(int)
             difficult = _np(t.get("difficult", np.zeros(len(boxes)))).astype(bool)
-            if "ignore_boxes" in t and len(t["ignore_boxes"]):
+            if t.get("ignore_boxes") is not None and len(t["ignore_boxes"]):
                 ib = _np(t["ignore_boxes"]).reshape(-1, 4)
+                il = t.get("ignore_labels")
+                il = np.full(len(ib), -1) if il is None else _np(il).astype(int).reshape(-1)
+                if len(il) != len(ib):
+                    raise ValueError(f"image {i}: {len(ib)} ignore boxes but {len(il)} ignore labels")
+                # an unlabelled ignore region (label < 0) is a difficult object of every class
+                ib = np.concatenate([ib[il >= 0], np.tile(ib[il < 0], (self.num_classes, 1))])
+                il = np.concatenate([il[il >= 0], np.repeat(np.arange(self.num_classes), int((il < 0).sum()))])
                 boxes = np.concatenate([boxes, ib])
-                labels = np.concatenate([labels, _np(t["ignore_labels"]).astype(int)])
+                labels = np.concatenate([labels, il])
                 difficult = np.concatenate([difficult, np.ones(len(ib), bool)])
             for c in np.unique(labels):
                 sel = labels == c

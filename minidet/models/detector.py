@@ -205,7 +205,7 @@ def _criterion(family: str, opts: dict, weighting):
         assigners = {"maxiou": MaxIoUAssigner, "atss": ATSSAssigner}
         if assigner not in assigners:
             raise ValueError(f"assigner {assigner!r} cannot train a RetinaNet head; valid choices: maxiou, atss")
-        a = assigners[assigner]()
+        a = assigners[assigner](ignore_iof_thr=opts["ignore_iof_thr"])
         if cls in RANKING_CLS:
             return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting, alrp_iou=opts["alrp_iou"])
         if cls not in DENSE_CLS:
@@ -215,12 +215,12 @@ def _criterion(family: str, opts: dict, weighting):
     if family == "ssd":
         if assigner not in ("ssd", "maxiou"):
             raise ValueError(f"assigner {assigner!r} cannot train an SSD head; valid choices: ssd, maxiou")
-        a = SSDMatcher() if assigner == "ssd" else MaxIoUAssigner()
+        a = (SSDMatcher if assigner == "ssd" else MaxIoUAssigner)(ignore_iof_thr=opts["ignore_iof_thr"])
         return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, neg_pos_ratio=opts["neg_pos_ratio"])
     if assigner != "yolo":
         raise ValueError(f"assigner {assigner!r} cannot train a YOLO head; valid choice: yolo")
     return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting,
-                         coder=YOLOCellCoder(sqrt_wh=opts["sqrt_wh"]))
+                         coder=YOLOCellCoder(sqrt_wh=opts["sqrt_wh"]), ignore_iof_thr=opts["ignore_iof_thr"])
 
 
 def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained: bool = False, **options) -> Detector:
@@ -231,7 +231,9 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     weights, or ALWA's initial ones), alrp_iou ("giou" or "iou"), neg_pos_ratio (SSD hard
     negatives per positive; None: no mining, every negative); anchor_sizes (RetinaNet, one per
     level), fpn_channels, head_convs, head_norm ("gn"), p6_from; boxes_per_cell (YOLO);
-    sqrt_wh (YOLO: predict sqrt w, sqrt h as the paper, or w, h directly); score_thresh,
+    sqrt_wh (YOLO: predict sqrt w, sqrt h as the paper, or w, h directly); ignore_iof_thr
+    (priors mostly inside a crowd / difficult region are ignored, default 0.5; None: they train
+    as background, as torchvision's and detectron2's references do); score_thresh,
     topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width (tiny backbone);
     channels_last.
     """
@@ -244,12 +246,15 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
             "weighting": None, "alwa_interval": 100, "sb_period": None,
             "loss_weights": None, "alrp_iou": "giou", "neg_pos_ratio": 3.0, "boxes_per_cell": 2,
             "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
-            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False, "sqrt_wh": True}
+            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False, "sqrt_wh": True,
+            "ignore_iof_thr": 0.5}
     unknown = set(options) - set(opts) - {"score_thresh", "topk_per_level", "nms_thresh", "max_det",
                                           "frozen_stages", "frozen_bn", "width"}
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for build_model")
     opts.update({k: v for k, v in options.items() if k in opts})
+    if opts["ignore_iof_thr"] is not None and opts["ignore_iof_thr"] < 0:
+        opts["ignore_iof_thr"] = None  # a negative threshold turns ignore regions off
     bb_opts = {k: options[k] for k in ("frozen_stages", "frozen_bn", "width") if k in options}
     bb = build_backbone(backbone, pretrained, **bb_opts)
     post_defaults = defaults["post"]
