@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .configuration import ConfigError, check_device
 from .data import EvalTransform, build_dataset, build_loader
 from .data.problems import CountSkips, DataError
 from .engine.checkpoint import CheckpointError, model_from_checkpoint
@@ -102,7 +103,8 @@ def evaluate_model(args) -> dict:
     if dataset.num_classes != model.num_classes:
         raise DataError(f"the checkpoint predicts {model.num_classes} classes ({model.class_names}) but {data} has "
                         f"{dataset.num_classes} ({dataset.class_names}) — evaluate on the data it was trained for")
-    loader = CountSkips(build_loader(dataset, args.batch_size, train=False, workers=args.workers), dataset.report)
+    loader = CountSkips(build_loader(dataset, args.batch_size, train=False, workers=args.workers,
+                                     size_divisor=getattr(model, "size_divisor", 32)), dataset.report)
     ev = evaluate_detector(model, dataset, loader, device, metrics=args.metrics, progress=True,
                            desc=f"eval {args.split}")
     print(format_table(ev.stats))
@@ -123,11 +125,25 @@ def evaluate_model(args) -> dict:
     return metrics
 
 
+def check_flags(args) -> None:
+    """Refuse values that cannot work, naming the flag (ConfigError)."""
+    if args.img_size is not None and args.img_size < 32:
+        raise ConfigError(f"--img-size must be at least 32 pixels, got {args.img_size}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.score_thresh is not None and not 0 <= args.score_thresh < 1:
+        raise ConfigError(f"--score-thresh must be in [0, 1), got {args.score_thresh}")
+    check_device(args.device)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        check_flags(args)
         metrics = evaluate_files(args) if args.gt else evaluate_model(args)
-    except (DataError, ResultsError, CheckpointError) as err:
+    except (DataError, ResultsError, CheckpointError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)

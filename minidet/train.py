@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .configuration import PRESETS, ConfigError, changes, check_device, model_options, resolve
 from .data import EvalTransform, TrainTransform, build_dataset
 from .data.problems import DataError
 from .engine.checkpoint import CheckpointError, load_checkpoint
@@ -39,95 +40,162 @@ def _ratio(text: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every flag defaults to unset (None): minidet.configuration resolves the value."""
     p = argparse.ArgumentParser(prog="python -m minidet.train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=None)
     a = p.add_argument
-    a("--config", default=None, help="recipe YAML whose keys are these flags (command-line flags win)")
-    a("--model", default="retinanet", choices=MODELS, help="detector family")
-    a("--backbone", default="tiny", choices=list(BACKBONES), help="backbone network")
-    a("--pretrained", action="store_true", help="start the backbone from torchvision's ImageNet weights (needs network)")
-    a("--data", default="shapes", help="dataset YAML, dataset folder (COCO / VOC / YOLO tree) or 'shapes'")
-    a("--format", default=None, choices=["coco", "voc", "yolo"], help="format of a --data folder (default: its dataset.yaml / "
+    flag = {"action": argparse.BooleanOptionalAction}
+    a("--config", help="recipe YAML whose keys are these flags (flags given here win); replaces the preset")
+    a("--preset", choices=list(PRESETS), help="named defaults: 'small' (the tuned tiny-backbone CPU setup of the "
+      "no-flag run; the default without --config) or 'none' (the family's published defaults)")
+    a("--model", choices=MODELS, help="detector family (default retinanet)")
+    a("--backbone", choices=list(BACKBONES), help="backbone network (default: tiny)")
+    a("--pretrained", **flag, help="start the backbone from torchvision's ImageNet weights (needs network)")
+    a("--data", help="dataset YAML, dataset folder (COCO / VOC / YOLO tree) or 'shapes' (default)")
+    a("--format", choices=["coco", "voc", "yolo"], help="format of a --data folder (default: its dataset.yaml / "
       "Ultralytics data.yaml, else guessed from the layout); must agree with a dataset YAML")
-    a("--train-split", default="train", help="split to train on")
-    a("--val-split", default="val", help="split to evaluate on ('none' to skip evaluation)")
-    a("--shapes-images", type=int, default=2000, help="training images of the built-in shapes data")
-    a("--lenient", action="store_true", help="skip and count broken images / annotations instead of stopping")
-    a("--img-size", type=int, default=128, help="training and evaluation image size (square)")
-    a("--epochs", type=int, default=12, help="training epochs")
-    a("--batch-size", type=int, default=16, help="images per batch per process")
-    a("--lr", type=float, default=0.003, help="base learning rate")
-    a("--optimizer", default="adamw", choices=["sgd", "adamw"], help="optimizer")
-    a("--momentum", type=float, default=0.9, help="SGD momentum")
-    a("--weight-decay", type=float, default=0.05, help="weight decay")
-    a("--schedule", default="cosine", choices=["step", "cosine", "constant"], help="learning-rate schedule")
-    a("--warmup-iters", type=int, default=100, help="linear warmup iterations")
-    a("--clip-grad", type=float, default=10.0, help="max gradient norm (0: no clipping)")
-    a("--ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of the weights for evaluation")
-    a("--cls-loss", default=None, help="classification loss (default: the family's: focal / ce / yolo_sse); "
+    a("--train-split", help="split to train on (default train)")
+    a("--val-split", help="split to evaluate on ('none' to skip evaluation; default val)")
+    a("--shapes-images", type=int, help="training images of the built-in shapes data (default 2000)")
+    a("--lenient", **flag, help="skip and count broken images / annotations instead of stopping")
+    a("--img-size", type=int, help="training and evaluation image size, square (default: preset small 128; "
+      "RetinaNet 512, SSD 300, YOLO 448)")
+    a("--augment", choices=["standard", "ssd"], help="training augmentation: standard (scale jitter, crop, flip, "
+      "colour) or ssd (SSD's photometric distortion, zoom out, min-IoU crop; SSD's default)")
+    a("--epochs", type=int, help="training epochs (default 12)")
+    a("--batch-size", type=int, help="images per batch per process (default 16)")
+    a("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: preset small adamw, else sgd)")
+    a("--lr", type=float, help="base learning rate, for --base-batch images (default: SGD 0.01, AdamW 0.003)")
+    a("--base-batch", type=int, help="images per step (all processes) that --lr is given for; the optimizer "
+      "uses lr x images per step / base-batch (default: SGD 16, AdamW unset = no scaling)")
+    a("--momentum", type=float, help="SGD momentum (default 0.9)")
+    a("--weight-decay", type=float, help="weight decay of conv / linear weights (never of norms, biases or loss "
+      "parameters; default: SGD 1e-4, AdamW 0.05)")
+    a("--schedule", choices=["step", "cosine", "constant"], help="learning-rate schedule (default: step; preset "
+      "small cosine)")
+    a("--lr-steps", type=float, nargs="+", metavar="EPOCH", help="epochs at which the step schedule multiplies "
+      "the lr by 0.1 (default: 8/12 and 11/12 of the run)")
+    a("--warmup-iters", type=int, help="linear warmup iterations from 0.001 x lr (default 500; preset small 100)")
+    a("--clip-grad", type=float, help="max gradient norm, 0: no clipping (default 0; preset small 10)")
+    a("--ema", **flag, help="keep an EMA of the weights for evaluation (default: off; preset small on)")
+    a("--cls-loss", help="classification loss (default: the family's: focal / ce / yolo_sse); "
       "also ap, alrp for RetinaNet")
-    a("--reg-loss", default="giou", help="regression loss: l1, l2, smooth_l1, iou, giou, diou, ciou")
-    a("--assigner", default="atss", help="maxiou or atss (RetinaNet), ssd or maxiou (SSD), yolo")
-    a("--anchor-sizes", type=int, nargs=5, default=[16, 32, 64, 128, 256], metavar="SIZE", help="RetinaNet anchor base sizes for P3-P7 "
-      "(default 32..512; ATSS: 8 x stride)")
-    a("--ignore-iof-thr", type=float, default=0.5, metavar="T",
+    a("--reg-loss", help="regression loss: l1, l2, smooth_l1, iou, giou, diou, ciou (default: the family's: "
+      "l1 / smooth_l1 / l2; preset small RetinaNet giou)")
+    a("--assigner", help="maxiou or atss (RetinaNet), ssd or maxiou (SSD), yolo (default: the family's: "
+      "maxiou / ssd / yolo; preset small RetinaNet atss)")
+    a("--anchor-sizes", type=int, nargs=5, metavar="SIZE", help="RetinaNet anchor base sizes for P3-P7 "
+      "(default: 32..512; ATSS 8 x stride; preset small 16..256)")
+    a("--anchor-scales", type=float, nargs="+", metavar="S", help="RetinaNet anchor scales per base size "
+      "(default: 2^0, 2^(1/3), 2^(2/3); ATSS: 1)")
+    a("--anchor-ratios", type=float, nargs="+", metavar="R", help="RetinaNet anchor aspect ratios h/w "
+      "(default: 0.5 1 2; ATSS: 1)")
+    a("--coder-stds", type=float, nargs=4, metavar="STD", help="RetinaNet box-delta standard deviations "
+      "(default 1 1 1 1)")
+    a("--head-norm", choices=["gn", "none"], help="GroupNorm in the RetinaNet head towers (default none; "
+      "preset small gn)")
+    a("--frozen-stages", type=int, help="ResNet: freeze the stem (1) and the first k - 1 stages (default: 2, "
+      "stem + stage 1, with --pretrained, else 0)")
+    a("--frozen-bn", **flag, help="ResNet: frozen BatchNorm (default: on with --pretrained)")
+    a("--ignore-iof-thr", type=float, metavar="T",
       help="priors whose intersection over their own area with a crowd / difficult region exceeds T are ignored, "
-      "not background (mmdetection's ignore_iof_thr); a negative value turns this off (crowd pixels then train "
-      "as background, as torchvision's and detectron2's references do)")
-    a("--head-norm", default="gn", choices=["gn", "none"], help="GroupNorm in the RetinaNet head towers")
-    a("--weighting", default=None, choices=list(WEIGHTINGS), help="loss-weighting scheme (default: the family's)")
-    a("--alwa-interval", type=int, default=100, help="ALWA window C in iterations")
-    a("--loss-weights", type=float, nargs=2, default=None, metavar=("CLS", "REG"),
+      "not background (mmdetection's ignore_iof_thr; default 0.5); a negative value turns this off (crowd pixels "
+      "then train as background, as torchvision's and detectron2's references do)")
+    a("--weighting", choices=list(WEIGHTINGS), help="loss-weighting scheme (default: the family's)")
+    a("--alwa-interval", type=int, help="ALWA window C in iterations (default 100)")
+    a("--loss-weights", type=float, nargs=2, metavar=("CLS", "REG"),
       help="fixed classification / regression loss weights (implies --weighting fixed), or ALWA's initial weights")
-    a("--neg-pos-ratio", type=_ratio, default=3.0, metavar="R|all",
-      help="SSD hard negative mining: negatives kept per positive, or 'all' (no mining)")
-    a("--alrp-iou", default="giou", choices=["giou", "iou"],
-      help="aLRP Loss localisation error: 1 - GIoU, or 2 (1 - IoU)")
-    a("--amp", default=None, nargs="?", const="fp16", choices=["fp16", "bf16"],
+    a("--neg-pos-ratio", type=_ratio, metavar="R|all",
+      help="SSD hard negative mining: negatives kept per positive, or 'all' (no mining; default 3)")
+    a("--alrp-iou", choices=["giou", "iou"],
+      help="aLRP Loss localisation error: 1 - GIoU (default), or 2 (1 - IoU)")
+    a("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"],
       help="mixed precision: --amp (float16 + GradScaler, CUDA) or --amp bf16")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    a("--workers", type=int, default=2, help="data loading processes per training process")
-    a("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
-    a("--out", default=None, help="run folder (default: runs/<model>-<data>-<time>)")
-    a("--resume", default=None, help="continue a killed run from its last.pt (same flags)")
-    a("--weights", default=None, help="start a new run from a checkpoint (fine-tuning); class layers are "
-      "re-initialised when the class count differs")
-    a("--eval-interval", type=int, default=4, help="evaluate every N epochs (and after the last)")
-    a("--log-interval", type=int, default=10, help="log every N iterations")
-    a("--max-bad-steps", type=int, default=10, help="stop after this many consecutive non-finite losses")
-    a("--diagnostics", action="store_true", help="log positives per image, the classification score / IoU "
+    a("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    a("--workers", type=int, help="data loading processes per training process (default 2)")
+    a("--sync-bn", **flag, help="SyncBatchNorm across processes (DDP)")
+    a("--out", help="run folder (default: runs/<model>-<data>-<time>)")
+    a("--resume", help="continue a run from its last.pt: its saved configuration, except flags given now")
+    a("--weights", help="start a new run from a checkpoint (fine-tuning); class layers are re-initialised when "
+      "the class count differs")
+    a("--eval-interval", type=int, help="evaluate every N epochs and after the last (default 1; preset small 4)")
+    a("--log-interval", type=int, help="log every N iterations (default 10)")
+    a("--max-bad-steps", type=int, help="stop after this many consecutive non-finite losses (default 10)")
+    a("--diagnostics", **flag, help="log positives per image, the classification score / IoU "
       "correlation of positives and the negative / positive gradient ratio of the classification logits")
-    a("--tensorboard", action="store_true", help="also log to TensorBoard (needs the tensorboard package)")
-    a("--seed", type=int, default=0, help="random seed")
-    a("--quiet", action="store_true", help="no progress bars")
+    a("--tensorboard", **flag, help="also log to TensorBoard (needs the tensorboard package)")
+    a("--seed", type=int, help="random seed (default 0)")
+    a("--quiet", **flag, help="no progress bars")
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Flags > recipe (--config) > defaults."""
-    parser = build_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        path = Path(pre.config)
-        if not path.is_file():
-            parser.error(f"recipe not found: {path}")
+def read_recipe(path: str | Path, parser: argparse.ArgumentParser | None = None) -> dict:
+    """A recipe's keys as flag names (dashes -> underscores); a clear error for unknown keys."""
+    parser = parser or build_parser()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: recipe not found: {path}")
+    try:
         recipe = yaml.safe_load(path.read_text()) or {}
-        known = {a.dest for a in parser._actions}
-        unknown = [k for k in recipe if k.replace("-", "_") not in known]
-        if unknown:
-            parser.error(f"{path}: unknown keys {unknown}; the keys of a recipe are the flags of python -m minidet.train")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in recipe.items()})
-    args = parser.parse_args(argv)
-    args._given = explicit_flags(argv if argv is not None else sys.argv[1:])
-    return args
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config: {path} is not valid YAML ({err})") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"--config: {path} must hold 'flag: value' lines")
+    recipe = {k.replace("-", "_"): v for k, v in recipe.items()}
+    known = {a.dest for a in parser._actions}
+    unknown = [k for k in recipe if k not in known or k in ("config", "resume")]
+    if unknown:
+        raise ConfigError(f"--config: {path}: unknown keys {unknown}; the keys of a recipe are the flags of "
+                          f"python -m minidet.train")
+    return recipe
 
 
-def explicit_flags(argv) -> set[str]:
-    """Names of the options given on the command line (not defaults, not recipe values)."""
+def given_flags(argv=None) -> dict:
+    """The flags given on the command line (unset ones left out)."""
+    return {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+
+
+def parse_args(argv=None, saved: dict | None = None) -> argparse.Namespace:
+    """Flags > saved configuration (resume) > recipe > preset > family > optimizer > engine
+    defaults (minidet.configuration), as one namespace with every key set."""
     parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    flags = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        recipe = read_recipe(flags["config"], parser) if "config" in flags else None
+    except ConfigError as err:
+        parser.error(str(err))
+    cfg = resolve({k: v for k, v in flags.items() if k != "config"}, recipe, saved)
+    cfg["config"] = flags.get("config")
+    return argparse.Namespace(**cfg)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse values that cannot work, naming the flag (ConfigError)."""
+    def need(ok: bool, text: str) -> None:
+        if not ok:
+            raise ConfigError(text)
+
+    need(args.img_size >= 32, f"--img-size must be at least 32 pixels, got {args.img_size}")
+    need(args.epochs >= 0, f"--epochs must be >= 0, got {args.epochs}")
+    need(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    need(args.eval_interval >= 1, f"--eval-interval must be >= 1 (epochs between evaluations), got {args.eval_interval}; "
+         f"use --val-split none to skip evaluation")
+    need(args.log_interval >= 1, f"--log-interval must be >= 1, got {args.log_interval}")
+    need(args.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {args.max_bad_steps}")
+    need(args.lr > 0, f"--lr must be > 0, got {args.lr}")
+    need(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    need(args.warmup_iters >= 0, f"--warmup-iters must be >= 0, got {args.warmup_iters}")
+    need(args.clip_grad >= 0, f"--clip-grad must be >= 0 (0: no clipping), got {args.clip_grad}")
+    need(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    need(args.shapes_images >= 1, f"--shapes-images must be >= 1, got {args.shapes_images}")
+    need(args.base_batch is None or args.base_batch >= 1, f"--base-batch must be >= 1, got {args.base_batch}")
+    need(args.alwa_interval >= 1, f"--alwa-interval must be >= 1, got {args.alwa_interval}")
+    need(args.frozen_stages >= 0, f"--frozen-stages must be >= 0, got {args.frozen_stages}")
+    if args.lr_steps:
+        need(all(0 < s <= args.epochs for s in args.lr_steps),
+             f"--lr-steps must lie in (0, --epochs {args.epochs}], got {args.lr_steps}")
+    check_device(args.device)
 
 
 def run_dir_for(args) -> Path:
@@ -138,53 +206,52 @@ def run_dir_for(args) -> Path:
 
 
 def data_spec(args):
-    """--data as build_dataset takes it; the default shapes data is rendered at --img-size."""
+    """--data as build_dataset takes it (paths absolute, so that a checkpoint evaluates from any
+    folder); the default shapes data is rendered at --img-size."""
     if args.data in (None, "shapes"):
         return {"format": "shapes", "_source": "shapes",
                 "train": {"num_images": args.shapes_images, "image_size": args.img_size, "seed": 0},
                 "val": {"num_images": 200, "image_size": args.img_size, "seed": 0}}
-    return args.data
+    return str(Path(args.data).resolve()) if isinstance(args.data, str) else args.data
 
 
-FAMILY_FLAG_DEFAULTS = {"assigner": "atss", "reg_loss": "giou"}  # the shapes defaults, RetinaNet only
-
-
-def model_options(args) -> dict:
-    opts = {k: getattr(args, k) for k in ("cls_loss", "reg_loss", "assigner", "weighting") if getattr(args, k)}
-    if args.model != "retinanet":  # other families keep their own defaults unless flags are given
-        for k, v in FAMILY_FLAG_DEFAULTS.items():
-            if opts.get(k) == v and k not in getattr(args, "_given", set()):
-                opts.pop(k)
-    if args.weighting in ("alwa1", "alwa2"):
-        opts["alwa_interval"] = args.alwa_interval
-    if getattr(args, "loss_weights", None):
-        opts["loss_weights"] = tuple(args.loss_weights)
-    if args.model == "ssd" and getattr(args, "neg_pos_ratio", 3.0) != 3.0:
-        opts["neg_pos_ratio"] = args.neg_pos_ratio
-    if getattr(args, "alrp_iou", "giou") != "giou":
-        opts["alrp_iou"] = args.alrp_iou
-    if args.anchor_sizes and args.model == "retinanet":
-        opts["anchor_sizes"] = tuple(args.anchor_sizes)
-    if getattr(args, "ignore_iof_thr", 0.5) != 0.5:
-        opts["ignore_iof_thr"] = args.ignore_iof_thr
-    if args.head_norm not in (None, "none") and args.model == "retinanet":
-        opts["head_norm"] = args.head_norm
-    return opts
+def configure(argv=None) -> tuple[argparse.Namespace, dict | None, list[str]]:
+    """Parse, resolve and check the configuration -> (args, resume checkpoint or None, the
+    changes the flags made to a resumed run's saved configuration)."""
+    flags = given_flags(argv)
+    resume, saved, changed = None, None, []
+    if flags.get("resume"):
+        resume = load_checkpoint(flags["resume"])
+        saved = resume.get("args")
+        if not isinstance(saved, dict) or "optimizer" not in resume:
+            raise CheckpointError(f"--resume {flags['resume']}: this checkpoint holds weights only (no training "
+                                  f"state to continue); start a new run from it with --weights {flags['resume']}")
+        saved = {k: v for k, v in saved.items() if k not in ("_given", "data_spec", "config")}
+    args = parse_args(argv, saved)
+    if saved is not None:
+        changed = changes(parse_args([], saved).__dict__ | {"resume": None}, vars(args))
+    if isinstance(args.data, str) and args.data != "shapes" and Path(args.data).exists():
+        args.data = str(Path(args.data).resolve())  # stored absolute: resume and eval work from any folder
+    validate(args)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args, resume, changed
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args, resume, changed = configure(argv)
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rank, local_rank, world = init_distributed(args.device)
     device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and world > 1 else args.device)
     seed_everything(args.seed + rank)
     try:
-        resume = load_checkpoint(args.resume) if args.resume else None
-        if resume is not None:  # the run continues with its own configuration, except flags given now
-            vars(args).update({k: v for k, v in resume["args"].items()
-                               if k not in args._given and k not in ("resume", "_given", "data_spec")})
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
         train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient,
-                                  transform=TrainTransform(args.img_size, seed=args.seed), fmt=args.format)
+                                  transform=TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed),
+                                  fmt=args.format)
         val_set = None
         if args.val_split != "none":
             val_set = build_dataset(data_spec(args), args.val_split, strict=not args.lenient,
@@ -194,21 +261,29 @@ def main(argv=None) -> int:
                 if ds is not None and ds.report.total:
                     print(f"{name} data: {ds.report.summary()}")
         model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
-                            **model_options(args))
+                            **model_options(vars(args)))
         if args.diagnostics:
             model.criterion.diagnostics_enabled = True
         if args.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if args.weights and resume is None:
             ckpt = load_checkpoint(args.weights)
+            source = ckpt.get("config", {})
+            if is_main() and (source.get("name"), source.get("backbone")) != (args.model, args.backbone):
+                print(f"note: {args.weights} is a {source.get('name')} on {source.get('backbone')}, the new model a "
+                      f"{args.model} on {args.backbone}: only the tensors whose names and shapes match are loaded")
             load_matching_state(model, ckpt["model"], verbose=is_main())
         model.to(device)
         config = dict(model.config)
-        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "_given", "data_spec")}
+        resolved = {k: v for k, v in vars(args).items() if k != "config"}
         if is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
+            if resume is None:  # the run's configuration is written once, when it starts
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
             print("configuration:\n  " + yaml.safe_dump(resolved, sort_keys=True).rstrip().replace("\n", "\n  "))
+            if resume is not None:
+                print(f"resuming with the saved configuration{'; changed by flags: ' if changed else ''}"
+                      + "; ".join(changed))
             print(f"model: {args.model} ({args.backbone}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
                   f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
         args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
@@ -232,12 +307,15 @@ def main(argv=None) -> int:
                 print(format_table(final))
                 summary["final"] = final
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            print(f"done in {minutes:.1f} min; checkpoints: {run_dir / 'last.pt'}" +
-                  (f", {run_dir / 'best.pt'} (AP {result['best_ap']:.4f})" if val_set is not None else ""))
+            written = [str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
+            if (run_dir / "best.pt").is_file():
+                written.append(f"{run_dir / 'best.pt'} (AP {result['best_ap']:.4f})")
+            print(f"done in {minutes:.1f} min; " + (f"checkpoints: {', '.join(written)}" if written else
+                                                    "no checkpoint was written (no training epoch ran)"))
             if train_set.report.skipped_files:  # lenient: images found unreadable while loading
                 print(f"train data: {train_set.report.summary()}")
         return 0
-    except (DataError, CheckpointError, TrainingError, ValueError) as err:
+    except (DataError, CheckpointError, TrainingError, ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -47,7 +47,8 @@ def test_output_shapes(name, size):
 def test_loss_forward_backward(name, backbone):
     torch.manual_seed(0)
     model = build_model(name, num_classes=3, backbone=backbone)
-    losses = model.loss(torch.rand(2, 3, 128, 128), TARGETS)
+    size = 300 if backbone == "vgg16" else 128  # VGG-16 SSD is SSD300: its last extras need >= 3x3 maps
+    losses = model.loss(torch.rand(2, 3, size, size), TARGETS)
     assert torch.isfinite(losses["loss"]) and losses["num_pos"] > 0
     losses["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

@@ -3,6 +3,7 @@ with workers, pinned memory, a distributed-ready sampler and reproducible per-wo
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -105,9 +106,11 @@ def seed_worker(worker_id: int) -> None:
 
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0,
-                 pin_memory: bool | None = None, drop_last: bool | None = None, resumable: bool = False) -> DataLoader:
+                 pin_memory: bool | None = None, drop_last: bool | None = None, resumable: bool = False,
+                 size_divisor: int = 32) -> DataLoader:
     """A DataLoader over ``dataset``; under torch.distributed each process reads its own shard
-    (call ``loader.sampler.set_epoch(epoch)`` every epoch). ``resumable`` uses EpochSampler."""
+    (call ``loader.sampler.set_epoch(epoch)`` every epoch). ``resumable`` uses EpochSampler;
+    batches are padded to a multiple of ``size_divisor`` (the model's ``size_divisor``)."""
     generator = torch.Generator().manual_seed(seed)
     distributed = dist.is_available() and dist.is_initialized()
     if train and resumable:
@@ -119,7 +122,8 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate if size_divisor == 32 else functools.partial(collate, size_divisor=size_divisor),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train if drop_last is None else drop_last, worker_init_fn=seed_worker,
         generator=generator, persistent_workers=workers > 0 and not resumable,

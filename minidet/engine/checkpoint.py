@@ -8,6 +8,7 @@ optimizer, scheduler, scaler, EMA, weighting state, epoch / iteration and RNG st
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch
 
 from ..models import build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "slim_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "slim_checkpoint", "CheckpointError",
+           "remove_stale_temp_files"]
 
 INFERENCE_KEYS = ("model", "config", "class_names", "img_size", "data", "category_ids")
 
@@ -24,9 +26,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, truncated or not a minidet checkpoint."""
 
 
+# save_checkpoint's temporary files: "." + the checkpoint's name + "." + mkstemp's random part + ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+\.(?:pt|pth))\.[^.]+\.tmp$")
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash during the write never leaves a truncated checkpoint at ``path``."""
+    """torch.save to a temporary file in the same folder (``.NAME.XXXXXXXX.tmp``), fsync, then
+    rename over ``path``: a crash during the write never leaves a truncated checkpoint at
+    ``path``. A process killed outright (SIGKILL, power loss) can leave the temporary file
+    behind; ``remove_stale_temp_files`` clears those."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,6 +49,25 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted ``save_checkpoint`` left in ``folder``
+    (``.last.pt.XXXXXXXX.tmp``, ``.best.pt.*.tmp``, any ``.*.pt(h).*.tmp``) -> the paths removed.
+    Call it when a run (re)starts in ``folder``, before anything saves there; other files are
+    left alone."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for item in folder.iterdir():
+        if _TEMP_NAME.match(item.name) and item.is_file() and not item.is_symlink():
+            try:
+                item.unlink()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            removed.append(item)
+    return sorted(removed)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

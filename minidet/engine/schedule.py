@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 
-def lr_factor(it: int, total: int, warmup: int, schedule: str = "cosine", steps: Sequence[float] = (0.67, 0.89),
+def lr_factor(it: int, total: int, warmup: int, schedule: str = "cosine", steps: Sequence[float] = (8 / 12, 11 / 12),
               gamma: float = 0.1, warmup_ratio: float = 0.001, min_ratio: float = 0.01) -> float:
     """Multiplier of the base lr at iteration ``it`` of ``total``.
 
@@ -29,7 +29,10 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str = "cosine", steps:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup: int, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepping once per iteration."""
-    lr_factor(0, total, warmup, schedule)  # validates the name
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, warmup, schedule))
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup: int, schedule: str,
+                    steps: Sequence[float] = (8 / 12, 11 / 12)) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepping once per iteration; ``steps``: fractions of the run where "step"
+    multiplies the lr by 0.1 (default: the 1x schedule's epochs 8 and 11 of 12)."""
+    steps = tuple(steps)
+    lr_factor(0, total, warmup, schedule, steps)  # validates the name
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, warmup, schedule, steps))

@@ -1,29 +1,43 @@
 """The training loop: AMP, gradient clipping, warmup + schedule, EMA, periodic evaluation with
-the best checkpoint kept, exact resume, non-finite-loss guard, Ctrl-C checkpoint, DDP."""
+the best checkpoint kept, exact resume, non-finite-loss guard, Ctrl-C checkpoint, DDP.
+
+Ctrl-C (SIGINT) during ``Trainer.fit`` never stops the loop half-way through an iteration: it
+sets a flag that the loop checks between iterations, between epochs and after an evaluation,
+where the whole training state (weights, BatchNorm statistics, optimiser, schedule, scaler, EMA,
+counters, RNGs) belongs to the same instant; last.pt is written there and the process exits with
+status 130. Resuming from that last.pt then repeats the uninterrupted run exactly."""
 
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..configuration import lr_step_fractions
 from ..data import build_loader
 from ..data.problems import CountSkips, record_skipped
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector
 from ..weighting import SelfBalance
-from .checkpoint import save_checkpoint
+from .checkpoint import remove_stale_temp_files, save_checkpoint
 from .distributed import is_main, world_size
 from .ema import ModelEMA
 from .logger import RunLogger
+from .optim import build_optimizer
 from .schedule import build_scheduler
 
 
@@ -39,6 +53,92 @@ class TrainState:
     best_ap: float = -1.0
     bad_steps: int = 0  # consecutive non-finite losses
     history: list = field(default_factory=list)
+    eval_pending: bool = False  # the epoch just done still has to be evaluated (an interrupted evaluation)
+
+
+class _StopRequested(Exception):
+    """Internal: a Ctrl-C was seen and the loop reached a point where the state is consistent."""
+
+
+def _notice(text: str) -> None:
+    """Print from a signal handler: the main thread may be inside a write to the same stream
+    (RuntimeError: reentrant call), then the bytes go to file descriptor 2 directly."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except Exception:  # noqa: BLE001
+        try:
+            os.write(2, text.encode() + b"\n")
+        except OSError:
+            pass
+
+
+class InterruptFlag:
+    """Ctrl-C (SIGINT) as a request to stop at the next safe point instead of a KeyboardInterrupt
+    raised wherever the main thread happens to be (half-way through a forward pass, after
+    ``optimizer.step()`` but before the step is counted, ...).
+
+    While ``installed()`` (main thread only; the previous handler comes back afterwards, also on
+    exceptions) the first SIGINT only sets ``requested``; the training loop checks it after each
+    complete iteration, between epochs and after an evaluation. A second SIGINT stops at once
+    with KeyboardInterrupt (``forced`` is set; nothing is saved from the half-done state), except
+    inside ``critical()`` (a checkpoint being written), where it waits until the write ended.
+
+    DataLoader workers share the terminal's process group and get the same SIGINT. Workers
+    forked while the handler is installed inherit it: they ignore the first Ctrl-C as well (the
+    batch being loaded still arrives) and stop at the second. Workers started otherwise (the
+    spawn start method) stop at the first; the loop fetches no batch after the flag is set, and
+    a fetch (or evaluation) that fails once it is set counts as the interrupt, not as an error."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.forced = False
+        self._installed = False
+        self._critical = 0
+        self._held = False
+        self._pid = os.getpid()
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            self.requested = True
+            if os.getpid() == self._pid and is_main():  # not in forked DataLoader workers
+                _notice("\nCtrl-C: stopping after the current step, then saving last.pt "
+                        "(Ctrl-C again: stop at once, without saving)")
+            return
+        if self._critical:
+            self._held = True
+            return
+        self.forced = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        """Route SIGINT to this flag for the duration (a no-op outside the main thread or when
+        already installed)."""
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        self._pid = os.getpid()
+        signal.signal(signal.SIGINT, self._handle)
+        self._installed = True
+        try:
+            yield self
+        finally:
+            self._installed = False
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+    @contextmanager
+    def critical(self):
+        """A section a second Ctrl-C must not cut (writing a checkpoint and noting that it was)."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+            if not self._critical and self._held:
+                self._held = False
+                self.forced = True
+                raise KeyboardInterrupt
 
 
 class _LossStep(nn.Module):
@@ -85,20 +185,19 @@ class Trainer:
         self.class_names, self.config = class_names, config
         self.state = TrainState()
         self.train_set.aug_seed = args.seed
+        divisor = getattr(model, "size_divisor", 32)
         self.train_loader = build_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed,
-                                         resumable=True)
+                                         resumable=True, size_divisor=divisor)
         if len(self.train_loader) == 0:
             raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch of "
                                 f"{args.batch_size} per process — lower --batch-size")
-        self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=args.workers),
-                                      val_set.report, "val data") if val_set else None)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if args.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=args.workers,
+                                                   size_divisor=divisor), val_set.report, "val data")
+                           if val_set else None)
+        self.optimizer = build_optimizer(model, args)  # decay for conv / linear weights only (see parameter_groups)
         self.total_iters = args.epochs * len(self.train_loader)
-        self.scheduler = build_scheduler(self.optimizer, self.total_iters, args.warmup_iters, args.schedule)
+        self.scheduler = build_scheduler(self.optimizer, self.total_iters, args.warmup_iters, args.schedule,
+                                         lr_step_fractions(vars(args)))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(model) if args.ema else None
@@ -110,6 +209,17 @@ class Trainer:
             self.step_module = DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.logger = RunLogger(run_dir, args.tensorboard) if is_main() else None
+        if is_main():  # temporary files of a checkpoint write that was killed (SIGKILL, power loss)
+            for path in remove_stale_temp_files(run_dir):
+                print(f"removed {path}, left by an interrupted checkpoint write")
+        self.interrupt = InterruptFlag()
+        self._flag_group = None  # all processes must agree on the iteration after which they stop
+        if world_size() > 1:
+            self._flag_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self._updating = False  # True while an iteration, an epoch's end or an evaluation's record changes the state
+        self._in_fit = False
+        self._saved_key = None  # _state_key() of what last.pt holds, when this process knows it
+        self._saved_last = None  # (file identity, epoch, iteration) of that last.pt
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -125,16 +235,48 @@ class Trainer:
 
     def save(self, name: str, evaluated_weights: bool = False) -> None:
         """Write run_dir/name atomically (rank 0). ``evaluated_weights``: store the weights that
-        were evaluated (the EMA when enabled) as "model", for best.pt."""
-        if is_main():
-            state = self.checkpoint()
-            if evaluated_weights and self.ema is not None:
-                state["model"] = self.ema.module.state_dict()
-            save_checkpoint(state, self.run_dir / name)
+        were evaluated (the EMA when enabled) as "model", for best.pt. A second Ctrl-C waits
+        until the file is complete."""
+        with self.interrupt.critical():
+            if is_main():
+                state = self.checkpoint()
+                if evaluated_weights and self.ema is not None:
+                    state["model"] = self.ema.module.state_dict()
+                path = save_checkpoint(state, self.run_dir / name)
+                if name == "last.pt":
+                    self._saved_last = (_file_identity(path), self.state.epoch, self.state.iteration)
+            if name == "last.pt":
+                self._saved_key = self._state_key()
+
+    def _state_key(self) -> tuple:
+        st = self.state
+        return st.epoch, st.batch_in_epoch, st.iteration, st.eval_pending
+
+    def _last_checkpoint(self) -> str | None:
+        """run_dir/last.pt as it is on disk now ("PATH (epoch E, iteration I)" when this process
+        knows what it holds), or None when there is none."""
+        path = self.run_dir / "last.pt"
+        identity = _file_identity(path)
+        if identity is None:
+            return None
+        if self._saved_last is not None and self._saved_last[0] == identity:
+            return f"{path} (epoch {self._saved_last[1]}, iteration {self._saved_last[2]})"
+        return str(path)
 
     def restore(self, ckpt: dict) -> None:
-        """Continue a run from its checkpoint (model, optimiser, schedule, scaler, EMA, RNGs)."""
+        """Continue a run from its checkpoint (model, optimiser, schedule, scaler, EMA, RNGs).
+
+        A run whose checkpoint has one optimiser group (written before ``parameter_groups``)
+        continues with that single group, so that it still repeats itself exactly."""
         self.model.load_state_dict(ckpt["model"])
+        saved_groups = len(ckpt["optimizer"]["param_groups"])
+        if saved_groups == 1 and len(self.optimizer.param_groups) != 1:
+            self.optimizer = build_optimizer(self.model, self.args, grouped=False)
+            self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.args.warmup_iters,
+                                             self.args.schedule, lr_step_fractions(vars(self.args)))
+            if is_main():
+                print("note: this run was started with weight decay on every parameter (one optimizer group); "
+                      "it continues that way")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -142,67 +284,148 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.state = TrainState(**ckpt["train_state"])
         set_rng_state(ckpt["rng"])
+        resume = getattr(self.args, "resume", None)
+        last = self.run_dir / "last.pt"
+        if resume and last.is_file() and Path(resume).resolve() == last.resolve():
+            self._saved_key = self._state_key()  # last.pt holds the state just restored
+            self._saved_last = (_file_identity(last), self.state.epoch, self.state.iteration)
 
     # ------------------------------------------------------------------------ loop
 
     def fit(self) -> dict:
-        args = self.args
+        """Train until ``args.epochs``; evaluate every ``args.eval_interval`` epochs and after the
+        last one (best.pt keeps the best AP); last.pt after every epoch. Ctrl-C: see
+        ``InterruptFlag``; last.pt is then written at the next safe point and SystemExit(130)
+        raised."""
         last_stats = None  # the evaluation after the last epoch, if this call made it
+        self._in_fit = True
         try:
-            while self.state.epoch < args.epochs:
-                self.train_epoch()
-                last_stats = None
-                if self.val_loader is not None and (
-                        (self.state.epoch % args.eval_interval == 0) or self.state.epoch == args.epochs):
-                    last_stats = self.evaluate_and_keep_best()
-                self.save("last.pt")
-        except KeyboardInterrupt:
-            self.save("last.pt")
-            if is_main():
-                print(f"\ninterrupted: saved {self.run_dir / 'last.pt'} (epoch {self.state.epoch}, iteration "
-                      f"{self.state.iteration}); continue with --resume {self.run_dir / 'last.pt'}")
-            raise SystemExit(130) from None
+            with self.interrupt.installed():
+                try:
+                    last_stats = self._epochs()
+                except _StopRequested:
+                    self._exit_interrupted(save=True)
+                except KeyboardInterrupt:  # a second Ctrl-C, or one raised without the flag (not the main thread)
+                    self._exit_interrupted(save=not self.interrupt.forced and not self._updating)
+                finally:
+                    if self.logger is not None:
+                        self.logger.close()
+                if self._stop_requested():  # during the last save or while closing the logs
+                    self._exit_interrupted(save=False)
         finally:
-            if self.logger is not None:
-                self.logger.close()
+            self._in_fit = False
         return {"best_ap": self.state.best_ap, "iterations": self.state.iteration, "final": last_stats}
 
+    def _epochs(self) -> dict | None:
+        args, last_stats = self.args, None
+        while self.state.epoch < args.epochs or self.state.eval_pending:
+            if not self.state.eval_pending:
+                self.train_epoch()
+                last_stats = None
+                self._check_stop()  # between epochs, before the evaluation
+            if self.state.eval_pending:
+                last_stats = self.evaluate_and_keep_best()
+            self.save("last.pt")
+            self._check_stop()  # after the evaluation and the save
+        return last_stats
+
+    def _stop_requested(self) -> bool:
+        """Whether a Ctrl-C was seen, by any process (a collective call under DDP)."""
+        requested = self.interrupt.requested
+        if self._flag_group is not None:
+            flag = torch.tensor([int(requested)], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._flag_group)
+            requested = self.interrupt.requested = bool(flag.item())
+        return requested
+
+    def _check_stop(self) -> None:
+        if self._stop_requested():
+            raise _StopRequested
+
+    def _exit_interrupted(self, save: bool) -> NoReturn:
+        """Write last.pt when ``save`` and it does not hold the current state yet, say truthfully
+        what is on disk, exit with status 130."""
+        st = self.state
+        if save and self._saved_key != self._state_key():
+            try:
+                self.save("last.pt")
+            except KeyboardInterrupt:  # another Ctrl-C, held until the write ended
+                pass
+        last = self.run_dir / "last.pt"
+        if is_main():
+            if self._saved_key == self._state_key():
+                print(f"\ninterrupted: saved {last} (epoch {st.epoch}, iteration {st.iteration}); continue with "
+                      f"--resume {last}")
+            else:
+                how = ("stopped at once by a second Ctrl-C" if self.interrupt.forced else
+                       f"stopped during iteration {st.iteration + 1}" if self._updating else "stopped")
+                newest = self._last_checkpoint()
+                if newest is not None:
+                    print(f"\ninterrupted ({how}): the current state was not saved; the newest checkpoint is "
+                          f"{newest}; continue with --resume {last}")
+                else:
+                    print(f"\ninterrupted ({how}) before the first checkpoint: no checkpoint was written; "
+                          f"start the run again")
+        raise SystemExit(130)
+
     def train_epoch(self) -> None:
+        """One epoch, or its rest after a resume. Raises _StopRequested (internal) at a safe
+        point after a Ctrl-C: between two iterations, without fetching another batch."""
         args, st = self.args, self.state
         self.model.train()
         self.train_set.epoch = st.epoch
         self.train_loader.sampler.set_epoch(st.epoch, skip=st.batch_in_epoch * args.batch_size)
         n_batches = len(self.train_loader) + st.batch_in_epoch
-        bar = tqdm(self.train_loader, total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{args.epochs}",
+        bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{args.epochs}",
                    disable=not is_main() or args.quiet, file=sys.stdout, dynamic_ncols=True, leave=True)
         t0, seen = time.perf_counter(), 0
-        for images, targets in bar:
-            record_skipped(self.train_set.report, targets)  # lenient: count images skipped in workers
-            images = images.to(self.device, non_blocking=True)
-            # labels stay on the CPU: the criterion checks their range there, without a device sync
-            targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"],
-                        "ignore_boxes": t["ignore_boxes"].to(self.device)} for t in targets]
-            losses = self.step(images, targets)
-            st.batch_in_epoch += 1
-            seen += len(images) * world_size()
-            if losses is None:
-                continue
-            if st.iteration % args.log_interval == 0 or st.batch_in_epoch == n_batches:
-                record = {"kind": "train", "epoch": st.epoch, "iteration": st.iteration,
-                          "lr": self.optimizer.param_groups[0]["lr"],
-                          "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                          **{k: float(v) for k, v in losses.items()}}
-                st.history.append({k: record[k] for k in ("iteration", "loss")})
-                if self.logger is not None:
-                    self.logger.log(record)
-                bar.set_postfix({k: f"{record[k]:.3g}" for k in record
-                                 if k in ("loss", "cls", "reg", "lr", "img_per_s") or k.startswith("weight_")})
+        batches = iter(self.train_loader)
+        try:
+            while st.batch_in_epoch < n_batches:
+                self._check_stop()  # after each complete iteration
+                try:
+                    images, targets = next(batches)
+                except StopIteration:
+                    break
+                except Exception:
+                    if self.interrupt.requested:  # a DataLoader worker that the same Ctrl-C stopped
+                        raise _StopRequested from None
+                    raise
+                if self._flag_group is None and self.interrupt.requested:  # (one process: no need to agree)
+                    raise _StopRequested  # a Ctrl-C while the batch was loaded: it is not used
+                record_skipped(self.train_set.report, targets)  # lenient: count images skipped in workers
+                images = images.to(self.device, non_blocking=True)
+                # labels stay on the CPU: the criterion checks their range there, without a device sync
+                targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"],
+                            "ignore_boxes": t["ignore_boxes"].to(self.device)} for t in targets]
+                losses = self.step(images, targets)  # the iteration changes the state from here ...
+                st.batch_in_epoch += 1
+                seen += len(images) * world_size()
+                if losses is not None and (st.iteration % args.log_interval == 0 or st.batch_in_epoch == n_batches):
+                    record = {"kind": "train", "epoch": st.epoch, "iteration": st.iteration,
+                              "lr": self.optimizer.param_groups[0]["lr"],
+                              "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                              **{k: float(v) for k, v in losses.items()}}
+                    st.history.append({k: record[k] for k in ("iteration", "loss")})
+                    if self.logger is not None:
+                        self.logger.log(record)
+                    bar.set_postfix({k: f"{record[k]:.3g}" for k in record
+                                     if k in ("loss", "cls", "reg", "lr", "img_per_s") or k.startswith("weight_")})
+                self._updating = False  # ... to here
+                bar.update(1)
+        finally:
+            bar.close()
+        self._updating = True
         st.epoch += 1
         st.batch_in_epoch = 0
+        st.eval_pending = self.val_loader is not None and (st.epoch % args.eval_interval == 0 or st.epoch == args.epochs)
+        self._updating = False
 
     def step(self, images, targets) -> dict | None:
-        """One optimisation step; None when the loss was not finite (step skipped)."""
+        """One optimisation step; None when the loss was not finite (step skipped). From here until
+        train_epoch has counted and logged it, the iteration is under way (``_updating``)."""
         args, st = self.args, self.state
+        self._updating = True
         try:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 losses = self.step_module(images, targets)
@@ -219,10 +442,13 @@ class Trainer:
                   f"step skipped ({st.bad_steps} in a row)")
             self.optimizer.zero_grad(set_to_none=True)
             if st.bad_steps >= args.max_bad_steps:
+                newest = self._last_checkpoint()
+                saved = (f"The last good checkpoint is {newest}." if newest is not None else
+                         f"No checkpoint was written yet ({self.run_dir / 'last.pt'} does not exist).")
                 raise TrainingError(
                     f"{st.bad_steps} consecutive non-finite losses (last at iteration {st.iteration}, components "
-                    f"{', '.join(bad)}); stopped. The last good checkpoint is {self.run_dir / 'last.pt'}. Lower --lr, "
-                    f"raise --warmup-iters, set --clip-grad, or check the data with python -m minidet.data.check")
+                    f"{', '.join(bad)}); stopped. {saved} Lower --lr, raise --warmup-iters, set --clip-grad, "
+                    f"or check the data with python -m minidet.data.check")
             return None
         st.bad_steps = 0
         self.optimizer.zero_grad(set_to_none=True)
@@ -247,24 +473,64 @@ class Trainer:
         its shard, the detections are gathered over processes (``gather_objects``) and scored
         against the dataset's own ground truth by ``evaluate_detector``, the function
         ``python -m minidet.eval --weights`` uses. ``self.last_evaluation`` keeps the full result
-        (including the COCO results list that was scored)."""
+        (including the COCO results list that was scored).
+
+        A Ctrl-C during it lets it finish; the flag is checked after it: inside ``fit`` the loop
+        then saves last.pt and stops, on its own (the final evaluation of python -m minidet.train)
+        it exits with status 130. An evaluation that fails because the Ctrl-C also stopped its
+        DataLoader workers counts as interrupted."""
+        flag = self._interrupt_flag()
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
-        try:
-            self.last_evaluation: DetectorEvaluation = evaluate_detector(
-                model, self.val_set, self.val_loader, self.device,
-                progress=is_main() and not self.args.quiet, desc="val")
-        finally:
-            model.train()
+        with flag.installed():
+            try:
+                self.last_evaluation: DetectorEvaluation = evaluate_detector(
+                    model, self.val_set, self.val_loader, self.device,
+                    progress=is_main() and not self.args.quiet, desc="val")
+            except Exception:
+                if not flag.requested:
+                    raise
+                self._evaluation_interrupted()
+            finally:
+                model.train()
+            if flag.requested and not getattr(self, "_in_fit", False):
+                self._evaluation_interrupted()
         return self.last_evaluation.stats
+
+    def _interrupt_flag(self) -> InterruptFlag:
+        if getattr(self, "interrupt", None) is None:  # a Trainer made without __init__ (evaluation only)
+            self.interrupt = InterruptFlag()
+        return self.interrupt
+
+    def _evaluation_interrupted(self) -> NoReturn:
+        if getattr(self, "_in_fit", False):
+            raise _StopRequested  # fit saves last.pt with the evaluation still pending
+        if is_main():
+            run_dir = getattr(self, "run_dir", None)
+            newest = self._last_checkpoint() if run_dir is not None else None
+            after = (f"; the trained weights are in {newest}, evaluate them with python -m minidet.eval --weights "
+                     f"{run_dir / 'last.pt'}" if newest is not None else "")
+            print(f"\ninterrupted during the evaluation{after}")
+        raise SystemExit(130)
 
     def evaluate_and_keep_best(self) -> dict:
         stats = self.evaluate()
         st = self.state
+        self._updating = True
         if is_main():
             print("val: " + ", ".join(f"{k} {v:.4f}" for k, v in stats.items() if k in ("AP", "AP50", "AP75", "AR100")))
             self.logger.log({"kind": "eval", "epoch": st.epoch, "iteration": st.iteration, **stats})
+        st.eval_pending = False
         if stats["AP"] > st.best_ap or not math.isfinite(st.best_ap):
             st.best_ap = stats["AP"]
             self.save("best.pt", evaluated_weights=True)
+        self._updating = False
         return stats
+
+
+def _file_identity(path: Path) -> tuple | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size

@@ -1,8 +1,16 @@
 """minidet.models: backbones, FPN, the YOLO / SSD / RetinaNet heads and the Detector."""
 
 from .backbones import BACKBONES, build_backbone
-from .detector import MODELS, Detector, PostProcess, build_model, load_matching_state
+from .detector import (
+    MODELS,
+    TRAINING_DEFAULTS,
+    Detector,
+    PostProcess,
+    build_model,
+    family_options,
+    load_matching_state,
+)
 from .fpn import FPN
 
-__all__ = ["BACKBONES", "build_backbone", "MODELS", "Detector", "PostProcess", "build_model",
-           "load_matching_state", "FPN"]
+__all__ = ["BACKBONES", "build_backbone", "MODELS", "TRAINING_DEFAULTS", "Detector", "PostProcess", "build_model",
+           "family_options", "load_matching_state", "FPN"]

@@ -30,7 +30,8 @@ from .backbones import build_backbone
 from .fpn import FPN
 from .heads import RetinaNetHead, SSDExtras, SSDHead, YOLOHead
 
-__all__ = ["Detector", "PostProcess", "build_model", "load_matching_state", "MODELS"]
+__all__ = ["Detector", "PostProcess", "build_model", "family_options", "load_matching_state", "MODELS",
+           "TRAINING_DEFAULTS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -173,6 +174,36 @@ FAMILY_DEFAULTS = {
              "post": PostProcess("yolo", 0.05, 1000, 0.5, 100)},
 }
 SSD_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+# SSD300 on VGG-16 as published (Caffe SSD): extras conv8_2 .. conv11_2 (38, 19, 10, 5, 3, 1 maps
+# at 300 px: 8,732 default boxes) and box sizes 30, 60, 111, 162, 213, 264 (315 closes the list)
+SSD300_EXTRAS = [(256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0)]
+SSD300_SCALES = (0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05)
+# What a family trains with unless told otherwise (minidet.train reads these; see also the
+# family's model options in ``family_options``)
+TRAINING_DEFAULTS = {
+    "retinanet": {"img_size": 512, "augment": "standard"},
+    "ssd": {"img_size": 300, "augment": "ssd"},
+    "yolo": {"img_size": 448, "augment": "standard"},
+}
+
+
+def family_options(name: str, backbone: str = "tiny") -> dict:
+    """Every ``build_model`` option of family ``name`` on ``backbone`` at its default (the
+    published setting of the family: RetinaNet = focal + L1, Max-IoU 0.5 / 0.4, anchors 32..512
+    with 3 scales x 3 ratios, no head norm; SSD = softmax CE with 3:1 hard negatives + Smooth L1;
+    YOLO v1 = sum-squared errors). ``anchor_sizes`` / ``anchor_scales`` / ``anchor_ratios`` None:
+    the assigner's default (ATSS: one square anchor of 8 x stride per location; Max-IoU: 32..512
+    with scales 2^0, 2^(1/3), 2^(2/3) and ratios 0.5, 1, 2)."""
+    if name not in FAMILY_DEFAULTS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(FAMILY_DEFAULTS)}")
+    d = FAMILY_DEFAULTS[name]
+    return {"cls_loss": d["cls_loss"], "reg_loss": d["reg_loss"], "assigner": d["assigner"],
+            "weighting": None, "alwa_interval": 100, "sb_period": None,
+            "loss_weights": None, "alrp_iou": "giou", "neg_pos_ratio": 3.0, "boxes_per_cell": 2,
+            "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
+            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "anchor_scales": None,
+            "anchor_ratios": None, "coder_stds": (1.0, 1.0, 1.0, 1.0), "channels_last": False,
+            "sqrt_wh": True, "ignore_iof_thr": 0.5}
 
 
 def _weighting(name: str | None, alwa_interval: int, sb_period: int | None,
@@ -199,7 +230,7 @@ def _weighting(name: str | None, alwa_interval: int, sb_period: int | None,
     return WEIGHTINGS[name]()
 
 
-def _criterion(family: str, opts: dict, weighting):
+def _criterion(family: str, opts: dict, weighting, coder=None):
     cls, reg, assigner = opts["cls_loss"], opts["reg_loss"], opts["assigner"]
     if family == "retinanet":
         assigners = {"maxiou": MaxIoUAssigner, "atss": ATSSAssigner}
@@ -207,11 +238,12 @@ def _criterion(family: str, opts: dict, weighting):
             raise ValueError(f"assigner {assigner!r} cannot train a RetinaNet head; valid choices: maxiou, atss")
         a = assigners[assigner](ignore_iof_thr=opts["ignore_iof_thr"])
         if cls in RANKING_CLS:
-            return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting, alrp_iou=opts["alrp_iou"])
+            return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting, alrp_iou=opts["alrp_iou"],
+                                    coder=coder)
         if cls not in DENSE_CLS:
             raise ValueError(f"classification loss {cls!r} cannot train a RetinaNet (sigmoid) head; valid choices: "
                              f"{', '.join(DENSE_CLS + RANKING_CLS)}")
-        return DenseCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting)
+        return DenseCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, coder=coder)
     if family == "ssd":
         if assigner not in ("ssd", "maxiou"):
             raise ValueError(f"assigner {assigner!r} cannot train an SSD head; valid choices: ssd, maxiou")
@@ -230,24 +262,19 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     self_balance, uncertainty), alwa_interval, sb_period, loss_weights ((cls, reg): fixed
     weights, or ALWA's initial ones), alrp_iou ("giou" or "iou"), neg_pos_ratio (SSD hard
     negatives per positive; None: no mining, every negative); anchor_sizes (RetinaNet, one per
-    level), fpn_channels, head_convs, head_norm ("gn"), p6_from; boxes_per_cell (YOLO);
+    level), anchor_scales, anchor_ratios (RetinaNet; given with ATSS they replace its single
+    square anchor), coder_stds (RetinaNet's delta coder), fpn_channels, head_convs, head_norm
+    ("gn"), p6_from; boxes_per_cell (YOLO);
     sqrt_wh (YOLO: predict sqrt w, sqrt h as the paper, or w, h directly); ignore_iof_thr
     (priors mostly inside a crowd / difficult region are ignored, default 0.5; None: they train
     as background, as torchvision's and detectron2's references do); score_thresh,
     topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width (tiny backbone);
     channels_last.
     """
-    if name not in FAMILY_DEFAULTS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(FAMILY_DEFAULTS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    opts = family_options(name, backbone)
     defaults = FAMILY_DEFAULTS[name]
-    opts = {"cls_loss": defaults["cls_loss"], "reg_loss": defaults["reg_loss"], "assigner": defaults["assigner"],
-            "weighting": None, "alwa_interval": 100, "sb_period": None,
-            "loss_weights": None, "alrp_iou": "giou", "neg_pos_ratio": 3.0, "boxes_per_cell": 2,
-            "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
-            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "channels_last": False, "sqrt_wh": True,
-            "ignore_iof_thr": 0.5}
     unknown = set(options) - set(opts) - {"score_thresh", "topk_per_level", "nms_thresh", "max_det",
                                           "frozen_stages", "frozen_bn", "width"}
     if unknown:
@@ -261,34 +288,41 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
     post = PostProcess(post_defaults.kind, *(options.get(k, getattr(post_defaults, k))
                                              for k in ("score_thresh", "topk_per_level", "nms_thresh", "max_det")))
     weighting = _weighting(opts["weighting"], opts["alwa_interval"], opts["sb_period"], opts["loss_weights"])
-    criterion = _criterion(name, opts, weighting)
     config = {"name": name, "num_classes": num_classes, "backbone": backbone, **options}
 
+    size_divisor = 32  # the FPN adds maps of neighbouring levels: their sizes must halve exactly
     if name == "retinanet":
         neck = FPN(bb.out_channels, opts["fpn_channels"], extra_levels=2, p6_from=opts["p6_from"])
         strides = (8, 16, 32, 64, 128)
         if opts["assigner"] == "atss":  # one square anchor per location, 8 x stride (ATSS)
-            sizes = opts["anchor_sizes"] or tuple(8 * s for s in strides)
-            gen = AnchorGenerator(sizes, strides, ratios=(1.0,), scales=(1.0,))
+            sizes, scales, ratios = tuple(8 * s for s in strides), (1.0,), (1.0,)
         else:
-            gen = AnchorGenerator(opts["anchor_sizes"] or (32, 64, 128, 256, 512), strides)
+            sizes, scales, ratios = (32, 64, 128, 256, 512), (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0)
+        gen = AnchorGenerator(tuple(opts["anchor_sizes"] or sizes), strides,
+                              ratios=tuple(opts["anchor_ratios"] or ratios), scales=tuple(opts["anchor_scales"] or scales))
         head = RetinaNetHead(opts["fpn_channels"], gen.num_anchors_per_location, num_classes,
                              opts["head_convs"], opts["head_norm"])
-        coder = DeltaXYWHCoder()
+        coder = DeltaXYWHCoder(stds=tuple(opts["coder_stds"]))
     elif name == "ssd":
         n_extra = len(SSD_RATIOS) - len(bb.out_channels)
-        extras = SSDExtras(bb.out_channels[-1], [(256, 512), (128, 256), (128, 256), (128, 256)][-n_extra:])
+        paper = backbone == "vgg16"  # SSD300's own extras and box sizes
+        spec = SSD300_EXTRAS if paper else [(256, 512), (128, 256), (128, 256), (128, 256)]
+        extras = SSDExtras(bb.out_channels[-1], spec[-n_extra:])
         neck = _SSDNeck(extras)
-        gen = DefaultBoxGenerator(SSD_RATIOS)
+        gen = DefaultBoxGenerator(SSD_RATIOS, scales=SSD300_SCALES if paper else None)
         head = SSDHead(bb.out_channels + extras.out_channels, gen.num_boxes_per_location(), num_classes)
         coder = SSDCoder()
+        size_divisor = 1  # every map is computed from the one before: any input size works
     else:
         neck = None
         gen = GridCellGenerator(opts["boxes_per_cell"])
         head = YOLOHead(bb.out_channels[-1], num_classes, opts["boxes_per_cell"])
         coder = YOLOCellCoder(sqrt_wh=opts["sqrt_wh"])
-    return Detector(name, bb, neck, head, gen, coder, criterion, post, num_classes, config,
-                    channels_last=opts["channels_last"])
+    criterion = _criterion(name, opts, weighting, coder)
+    model = Detector(name, bb, neck, head, gen, coder, criterion, post, num_classes, config,
+                     channels_last=opts["channels_last"])
+    model.size_divisor = size_divisor
+    return model
 
 
 class _SSDNeck(nn.Module):

@@ -9,22 +9,30 @@ from .common import flatten_level
 
 
 class SSDExtras(nn.Module):
-    """Extra feature maps after the backbone: each a 1x1 reduction and a 3x3 stride-2 conv
-    (SSD300's conv8-conv11 pattern), halving the resolution every level."""
+    """Extra feature maps after the backbone: each a 1x1 reduction and a 3x3 conv, given as
+    (mid, out) (stride 2, padding 1: halves the resolution) or (mid, out, stride, padding).
+    SSD300 (conv8_2 .. conv11_2): two stride-2 layers, then two unpadded stride-1 layers
+    (5 -> 3 -> 1 at 300 px)."""
 
-    def __init__(self, in_channels: int, channels: list[tuple[int, int]]) -> None:
+    def __init__(self, in_channels: int, channels: list[tuple[int, ...]]) -> None:
         super().__init__()
         layers, cin = [], in_channels
-        for mid, out in channels:
+        for spec in channels:
+            mid, out, stride, padding = (*spec, 2, 1) if len(spec) == 2 else spec
             layers.append(nn.Sequential(nn.Conv2d(cin, mid, 1), nn.ReLU(inplace=True),
-                                        nn.Conv2d(mid, out, 3, stride=2, padding=1), nn.ReLU(inplace=True)))
+                                        nn.Conv2d(mid, out, 3, stride=stride, padding=padding), nn.ReLU(inplace=True)))
             cin = out
         self.layers = nn.ModuleList(layers)
-        self.out_channels = [out for _, out in channels]
+        self.out_channels = [spec[1] for spec in channels]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            conv = layer[2]
+            if conv.padding == (0, 0) and min(x.shape[-2:]) < conv.kernel_size[0]:
+                raise ValueError(f"the input is too small for SSD300's extra layers (a {x.shape[-2]}x{x.shape[-1]} map "
+                                 f"reaches extra layer {i + 1}, which needs at least 3x3); train and evaluate at "
+                                 f"--img-size 300")
             x = layer(x)
             outs.append(x)
         return outs

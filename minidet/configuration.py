@@ -1,0 +1,187 @@
+"""A training run's configuration: resolved once, saved with the run, the truth on resume.
+
+Every ``python -m minidet.train`` flag defaults to "unset"; the value a run uses comes from the
+first of these that sets it (highest first):
+
+1. the flags given on the command line;
+2. on ``--resume``, the configuration saved in the checkpoint (so a resumed run rebuilds the
+   same model, criterion and optimizer; the flags given with it override only what they name);
+3. the recipe (``--config train/RECIPE.yaml``, whose keys are the flags);
+4. the preset: ``small`` (the tuned small-CPU setup of the no-flag run) unless a recipe is
+   given or ``--preset none``; a preset has common keys and keys per family;
+5. the family's defaults, next to ``build_model`` (``minidet.models.family_options`` for the
+   model, ``TRAINING_DEFAULTS`` for image size and augmentation): the published settings;
+6. the optimizer's defaults (``OPTIMIZER_DEFAULTS``: SGD 0.01 for 16 images, momentum 0.9,
+   weight decay 1e-4; AdamW 0.003, weight decay 0.05);
+7. ``ENGINE_DEFAULTS``.
+
+The learning rate, momentum, weight decay and reference batch of a preset or recipe belong to
+its optimizer: when the run's optimizer differs, they are not used (``--optimizer sgd`` never
+inherits AdamW's settings). ``lr`` is for ``base_batch`` images; the optimizer uses ``lr *
+images per step (all processes) / base_batch`` (linear scaling; ``base_batch`` unset: as given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .models import TRAINING_DEFAULTS, family_options
+
+__all__ = ["ENGINE_DEFAULTS", "OPTIMIZER_DEFAULTS", "PRESETS", "MODEL_KEYS", "ConfigError", "resolve",
+           "model_options", "changes", "effective_lr", "lr_step_fractions", "check_device"]
+
+ENGINE_DEFAULTS: dict = {
+    "preset": "small", "model": "retinanet", "backbone": "tiny", "pretrained": False, "data": "shapes",
+    "format": None, "train_split": "train", "val_split": "val", "shapes_images": 2000, "lenient": False,
+    "epochs": 12, "batch_size": 16, "optimizer": "sgd", "schedule": "step", "lr_steps": None,
+    "warmup_iters": 500, "clip_grad": 0.0, "ema": False, "amp": None, "device": None, "workers": 2,
+    "sync_bn": False, "out": None, "resume": None, "weights": None, "eval_interval": 1, "log_interval": 10,
+    "max_bad_steps": 10, "diagnostics": False, "tensorboard": False, "seed": 0, "quiet": False,
+    "frozen_stages": None, "frozen_bn": None,
+}
+
+OPTIMIZER_DEFAULTS: dict = {
+    # torchvision / detectron2 / mmdetection: 0.01 for 16 images, momentum 0.9, weight decay 1e-4
+    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "base_batch": 16},
+    "adamw": {"lr": 0.003, "momentum": 0.9, "weight_decay": 0.05, "base_batch": None},
+}
+OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay", "base_batch")
+
+PRESETS: dict = {
+    # the no-flag run: a tiny-backbone RetinaNet tuned on the shapes data at 128 px on 2 CPU cores
+    "small": {
+        "common": {"backbone": "tiny", "img_size": 128, "epochs": 12, "batch_size": 16, "optimizer": "adamw",
+                   "lr": 0.003, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 100,
+                   "clip_grad": 10.0, "ema": True, "eval_interval": 4},
+        "retinanet": {"assigner": "atss", "reg_loss": "giou", "head_norm": "gn",
+                      "anchor_sizes": [16, 32, 64, 128, 256]},
+    },
+    "none": {"common": {}},
+}
+
+# build_model options that are flags, per family
+_COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "weighting", "alwa_interval", "loss_weights", "ignore_iof_thr")
+MODEL_KEYS: dict = {
+    "retinanet": (*_COMMON_MODEL, "alrp_iou", "anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds",
+                  "head_norm"),
+    "ssd": (*_COMMON_MODEL, "neg_pos_ratio"),
+    "yolo": _COMMON_MODEL,
+}
+ALL_MODEL_KEYS = tuple(dict.fromkeys(k for keys in MODEL_KEYS.values() for k in keys))
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the flag and the fix."""
+
+
+def _plain(value):
+    """Tuples -> lists (YAML / JSON friendly), recursively."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _first(key: str, layers: list[Mapping]) -> object:
+    for layer in layers:
+        if layer.get(key) is not None:
+            return layer[key]
+    return None
+
+
+def _bound(layer: Mapping, optimizer: str) -> dict:
+    """``layer`` without its optimizer settings when it names another optimizer."""
+    if layer.get("optimizer") not in (None, optimizer):
+        return {k: v for k, v in layer.items() if k not in OPTIMIZER_KEYS}
+    return dict(layer)
+
+
+def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None = None) -> dict:
+    """The complete configuration (every key set) from the given flags (unset ones absent or
+    None), a recipe and, on resume, the saved configuration; see the module docstring."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    recipe = {k: v for k, v in (recipe or {}).items() if v is not None}
+    saved = {k: v for k, v in (saved or {}).items() if v is not None}
+    top = [flags, saved, recipe]
+    preset_name = _first("preset", top) or ("none" if recipe else ENGINE_DEFAULTS["preset"])
+    if preset_name not in PRESETS:
+        raise ConfigError(f"--preset {preset_name!r} is not a preset; choose one of: {', '.join(PRESETS)}")
+    model = _first("model", [*top, PRESETS[preset_name]["common"], ENGINE_DEFAULTS])
+    if model not in TRAINING_DEFAULTS:
+        raise ConfigError(f"--model {model!r} is not a detector family; choose one of: {', '.join(TRAINING_DEFAULTS)}")
+    preset = {**PRESETS[preset_name]["common"], **PRESETS[preset_name].get(model, {})}
+    optimizer = _first("optimizer", [*top, preset, ENGINE_DEFAULTS])
+    if optimizer not in OPTIMIZER_DEFAULTS:
+        raise ConfigError(f"--optimizer {optimizer!r} is not supported; choose one of: {', '.join(OPTIMIZER_DEFAULTS)}")
+    backbone = _first("backbone", [*top, preset, ENGINE_DEFAULTS])
+    family = {k: v for k, v in family_options(model, backbone).items() if k in MODEL_KEYS[model]}
+    if "head_norm" in family:
+        family["head_norm"] = family["head_norm"] or "none"
+    layers = [flags, saved, _bound(recipe, optimizer), _bound(preset, optimizer), TRAINING_DEFAULTS[model], family,
+              OPTIMIZER_DEFAULTS[optimizer], ENGINE_DEFAULTS]
+    keys = dict.fromkeys(k for layer in reversed(layers) for k in layer)
+    cfg = {k: _plain(_first(k, layers)) for k in keys}
+    cfg.update(preset=preset_name, model=model, optimizer=optimizer, backbone=backbone)
+    pretrained_resnet = bool(cfg["pretrained"]) and str(backbone).startswith("resnet")
+    if cfg["frozen_stages"] is None:  # torchvision's rule: freeze stem + stage 1 of pretrained ResNets
+        cfg["frozen_stages"] = 2 if pretrained_resnet else 0
+    if cfg["frozen_bn"] is None:  # ... and use frozen BatchNorm with them
+        cfg["frozen_bn"] = pretrained_resnet
+    return cfg
+
+
+def changes(saved: Mapping, cfg: Mapping) -> list[str]:
+    """'key: old -> new' for every key whose value differs between two configurations."""
+    skip = ("resume", "config", "out")
+    return [f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in cfg if k not in skip and saved.get(k) != cfg[k]]
+
+
+def model_options(cfg) -> dict:
+    """``build_model`` keyword options of a resolved configuration (a dict or a namespace)."""
+    cfg = cfg if isinstance(cfg, Mapping) else vars(cfg)
+    opts = {k: cfg[k] for k in MODEL_KEYS[cfg["model"]] if k in cfg}
+    for k in ("anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds", "loss_weights"):
+        if opts.get(k) is not None:
+            opts[k] = tuple(opts[k])
+    if "head_norm" in opts and opts["head_norm"] in (None, "none"):
+        opts["head_norm"] = None
+    if opts.get("ignore_iof_thr") is not None and opts["ignore_iof_thr"] < 0:
+        opts["ignore_iof_thr"] = None
+    if str(cfg["backbone"]).startswith("resnet"):
+        opts.update(frozen_stages=cfg["frozen_stages"], frozen_bn=cfg["frozen_bn"])
+    return opts
+
+
+def effective_lr(cfg: Mapping, world_size: int = 1) -> float:
+    """The optimizer's learning rate: ``lr`` scaled linearly from ``base_batch`` images to the
+    images of one step over all processes (``lr`` as given when ``base_batch`` is unset)."""
+    if not cfg.get("base_batch"):
+        return float(cfg["lr"])
+    return float(cfg["lr"]) * cfg["batch_size"] * world_size / cfg["base_batch"]
+
+
+def lr_step_fractions(cfg: Mapping) -> tuple[float, ...]:
+    """Where the step schedule decays, as fractions of the run: ``lr_steps`` (epochs) / epochs;
+    unset: 8/12 and 11/12 (the 1x schedule's epochs 8 and 11 of 12, at any length)."""
+    if not cfg.get("lr_steps"):
+        return (8 / 12, 11 / 12)
+    return tuple(float(s) / cfg["epochs"] for s in cfg["lr_steps"])
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have (ConfigError naming --device)."""
+    if device is None or device == "cpu":
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available on this machine (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device}: minidet trains on cpu or cuda")
