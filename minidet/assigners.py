@@ -78,8 +78,10 @@ def pad_gts(boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> tuple[Tensor, 
     valid = torch.zeros(b, g, dtype=torch.bool, device=device)
     for i, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
         n = len(bx)
-        out_boxes[i, :n] = bx.to(dtype)
-        out_labels[i, :n] = lb.to(torch.int64)
+        # non_blocking: inputs still on the CPU (e.g. the labels of ignore regions) are copied
+        # without a stream sync; a no-op for inputs already on the device
+        out_boxes[i, :n] = bx.to(device=device, dtype=dtype, non_blocking=True)
+        out_labels[i, :n] = lb.to(device=device, dtype=torch.int64, non_blocking=True)
         valid[i, :n] = True
     return out_boxes, out_labels, valid
 
@@ -184,29 +186,37 @@ class MaxIoUAssigner(_Assigner):
             return _all_background(b, priors.shape[0], priors.device)
         iou = _batched_iou(gt_boxes, priors, gt_valid)
         max_iou, best_gt = iou.max(dim=1)  # first gt on ties
-        gt_inds = torch.full_like(best_gt, -1)
-        gt_inds[max_iou < self.neg_iou_thr] = 0
-        positive = max_iou >= self.pos_iou_thr
-        gt_inds[positive] = best_gt[positive] + 1
+        # Every step on the device, without data-dependent shapes (no host sync).
+        background = torch.where(max_iou < self.neg_iou_thr, 0, -1)
+        gt_inds = torch.where(max_iou >= self.pos_iou_thr, best_gt + 1, background)
         if self.allow_low_quality:
             gt_max = iou.max(dim=2, keepdim=True).values  # [B, G, 1]
             can_claim = (gt_max > 0) & (gt_max >= self.min_pos_iou)
-            b_i, g_i, a_i = torch.nonzero((iou == gt_max) & can_claim, as_tuple=True)
-            if b_i.numel():
-                winner = _best_claims(b_i * iou.shape[2] + a_i, iou[b_i, g_i, a_i])
-                gt_inds[b_i[winner], a_i[winner]] = g_i[winner] + 1
+            # A claim's IoU is its gt's best IoU, > 0; every other entry becomes -1 (in place: the
+            # IoUs are not needed any more). Per prior the highest claiming IoU wins, the first
+            # (lowest) gt on ties: a max over the gts.
+            claim = iou == gt_max
+            claim &= can_claim
+            claim_iou = iou.masked_fill_(claim.logical_not_(), -1.0)
+            win_iou, win_gt = claim_iou.max(dim=1)  # [B, A]
+            gt_inds = torch.where(win_iou > 0, win_gt + 1, gt_inds)
         return _finish(gt_inds, gt_labels, max_iou)
 
 
-def _best_claims(prior_key: Tensor, claim_iou: Tensor) -> Tensor:
-    """Among claims listed in increasing gt order, the index of the winning claim of each
-    prior: the highest IoU, the lowest gt index on ties."""
-    order = torch.sort(-claim_iou, stable=True).indices
-    order = order[torch.sort(prior_key[order], stable=True).indices]
-    key = prior_key[order]
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] != key[:-1]
-    return order[first]
+def _best_claims(claim_prior: Tensor, claim_iou: Tensor, claim_ok: Tensor, num_priors: int) -> Tensor:
+    """Per prior, the winning claim among claims [B, G] (gt g of image b claims prior
+    ``claim_prior[b, g]`` with IoU ``claim_iou[b, g]`` where ``claim_ok``): the highest IoU, the
+    lowest gt index on ties. -> [B, num_priors] winning gt index, -1 where no claim. Two scatter
+    reductions on the device (no host sync)."""
+    b, g = claim_iou.shape
+    val = claim_iou.masked_fill(~claim_ok, -torch.inf)
+    best = torch.full((b, num_priors), -torch.inf, dtype=val.dtype, device=val.device)
+    best = best.scatter_reduce(1, claim_prior, val, reduce="amax", include_self=True)
+    top = claim_ok & (val == best.gather(1, claim_prior))  # the claims achieving their prior's best
+    gt_index = torch.arange(g, device=val.device).expand(b, g)
+    first = torch.full((b, num_priors), g, dtype=torch.int64, device=val.device)
+    first = first.scatter_reduce(1, claim_prior, torch.where(top, gt_index, g), reduce="amin", include_self=True)
+    return torch.where(first < g, first, -1)
 
 
 class ATSSAssigner(_Assigner):
@@ -288,12 +298,9 @@ class SSDMatcher(_Assigner):
         iou = _batched_iou(gt_boxes, priors, gt_valid)
         max_iou, best_gt = iou.max(dim=1)
         gt_inds = torch.where(max_iou >= self.iou_thr, best_gt + 1, torch.zeros_like(best_gt))
-        gt_best, best_prior = iou.max(dim=2)  # [B, G]
-        b_i, g_i = torch.nonzero(gt_valid & (gt_best > 0), as_tuple=True)  # increasing gt order
-        if b_i.numel():
-            a_i = best_prior[b_i, g_i]
-            winner = _best_claims(b_i * iou.shape[2] + a_i, gt_best[b_i, g_i])
-            gt_inds[b_i[winner], a_i[winner]] = g_i[winner] + 1
+        gt_best, best_prior = iou.max(dim=2)  # [B, G]; lowest prior index on ties
+        forced = _best_claims(best_prior, gt_best, gt_valid & (gt_best > 0), iou.shape[2])
+        gt_inds = torch.where(forced >= 0, forced + 1, gt_inds)
         return _finish(gt_inds, gt_labels, max_iou)
 
 
@@ -323,11 +330,12 @@ class YOLOGridAssigner(_Assigner):
         n_cells = cells.shape[0]
         x0, y0 = cells[0, 0], cells[0, 1]
         cw, ch = cells[0, 2] - cells[0, 0], cells[0, 3] - cells[0, 1]
-        s_w = int(torch.round((cells[:, 2].max() - x0) / cw))
+        # The grid width as a device tensor (reading it back would be a host sync).
+        s_w = torch.round((cells[:, 2].max() - x0) / cw).long()
         s_h = n_cells // s_w
         ctr = box_centers(gt_boxes)
-        col = ((ctr[..., 0] - x0) / cw).floor().clamp(0, s_w - 1).long()
-        row = ((ctr[..., 1] - y0) / ch).floor().clamp(0, s_h - 1).long()
+        col = torch.minimum(((ctr[..., 0] - x0) / cw).floor().clamp(0, n_cells - 1).long(), s_w - 1)
+        row = torch.minimum(((ctr[..., 1] - y0) / ch).floor().clamp(0, n_cells - 1).long(), s_h - 1)
         cell = row * s_w + col  # [B, G]
         in_cell = (cell[..., None] == torch.arange(n_cells, device=priors.device)) & gt_valid[..., None]
         area = box_area(gt_boxes)

@@ -13,11 +13,20 @@ and the enclosing-box terms of GIoU/DIoU are guarded the same way, so values and
 stay finite. Half-precision inputs are computed in float32 (areas overflow float16) and the
 result is cast back to the input dtype. Formulas follow torchvision.ops (DIoU/CIoU use the
 same ``eps = 1e-7`` in the enclosing-diagonal term), so values agree to float rounding.
+
+CPU and accelerator forms of the hot paths. Some hot paths (the large no-grad ``box_iou`` here,
+the fused focal loss, NMS) have a CPU form that works in cache-sized blocks and an accelerator
+form (CUDA and any other non-CPU device) that computes everything at once, without Python loops
+over blocks and without host synchronisations. ``use_device_path(device)`` picks the form;
+``device_paths(True / False)`` forces one (tests use it to run the accelerator form on the CPU
+and compare it with the blocked one). Both forms give the same values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -35,11 +44,34 @@ __all__ = [
     "aligned_complete_box_iou",
     "clip_boxes_to_image",
     "box_centers",
+    "use_device_path",
+    "device_paths",
 ]
 
 _FORMATS = ("xyxy", "xywh", "cxcywh")
 _EPS = 1e-7
-_CHUNK_ELEMENTS = 1 << 18  # pairs per block in the chunked no-grad box_iou
+_CHUNK_ELEMENTS = 1 << 18  # pairs per block in the chunked no-grad box_iou (CPU form only)
+_FORCE_DEVICE_PATHS: bool | None = None
+
+
+def use_device_path(device: torch.device | str) -> bool:
+    """True where the hot paths take their accelerator form (unblocked, no host syncs): every
+    non-CPU device, unless ``device_paths`` forces a form."""
+    if _FORCE_DEVICE_PATHS is not None:
+        return _FORCE_DEVICE_PATHS
+    return torch.device(device).type != "cpu"
+
+
+@contextlib.contextmanager
+def device_paths(enabled: bool | None = True) -> Iterator[None]:
+    """Force the accelerator form (True) or the CPU form (False) of the hot paths on every
+    device inside the block; None restores the choice by device. Not thread-safe (a module flag)."""
+    global _FORCE_DEVICE_PATHS
+    previous, _FORCE_DEVICE_PATHS = _FORCE_DEVICE_PATHS, enabled
+    try:
+        yield
+    finally:
+        _FORCE_DEVICE_PATHS = previous
 
 
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
@@ -91,9 +123,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of every pair: boxes1 [N,4], boxes2 [M,4] (xyxy) -> [N,M]."""
     b1, b2, dtype = _pairwise(boxes1, boxes2)
     n, m = b1.shape[0], b2.shape[1]
-    if n * m <= _CHUNK_ELEMENTS or (torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad)):
+    if (n * m <= _CHUNK_ELEMENTS or use_device_path(b1.device)
+            or (torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad))):
         return _iou_family(b1, b2, dtype, "iou")
-    # Large and without gradient (anchor matching): cache-sized blocks are ~3x faster.
+    # Large and without gradient (anchor matching) on the CPU: cache-sized blocks are ~3x faster.
+    # (On an accelerator one kernel per step over the whole matrix is faster than ~n*m / 2^18
+    # launches; the values are the same, element by element.)
     out = torch.empty(n, m, dtype=dtype, device=b1.device)
     if n >= m:
         step = max(1, _CHUNK_ELEMENTS // m)
@@ -191,13 +226,22 @@ def _iou_family(b1: Tensor, b2: Tensor, out_dtype: torch.dtype, kind: str) -> Te
         b1, b2 = b1.to(common), b2.to(common)
     area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
     area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
+    if kind == "iou" and not (torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad)):
+        # No gradient needed: the same float operations in place (at most three [N, M]
+        # temporaries alive, which matters for the unblocked accelerator form). union == 0
+        # implies inter == 0, so only 0 / 0 needs fixing.
+        iw = torch.minimum(b1[..., 2], b2[..., 2])
+        iw.sub_(torch.maximum(b1[..., 0], b2[..., 0])).clamp_(min=0)
+        ih = torch.minimum(b1[..., 3], b2[..., 3])
+        ih.sub_(torch.maximum(b1[..., 1], b2[..., 1])).clamp_(min=0)
+        inter = iw.mul_(ih)
+        del ih
+        union = torch.add(area1, area2).sub_(inter)
+        return inter.div_(union).nan_to_num_(nan=0.0).to(out_dtype)
     iw = (torch.minimum(b1[..., 2], b2[..., 2]) - torch.maximum(b1[..., 0], b2[..., 0])).clamp_(min=0)
     ih = (torch.minimum(b1[..., 3], b2[..., 3]) - torch.maximum(b1[..., 1], b2[..., 1])).clamp_(min=0)
     inter = iw * ih
     union = area1 + area2 - inter
-    if kind == "iou" and not (torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad)):
-        # No gradient needed: union == 0 implies inter == 0, so only 0 / 0 needs fixing.
-        return inter.div_(union).nan_to_num_(nan=0.0).to(out_dtype)
     iou = _safe_div(inter, union)
     if kind == "iou":
         return iou.to(out_dtype)

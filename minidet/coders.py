@@ -47,11 +47,29 @@ class DeltaXYWHCoder:
         self.means = tuple(float(m) for m in means)
         self.stds = tuple(float(s) for s in stds)
         self.wh_clamp = float(wh_clamp)
+        self._stats_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def _stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        mean = torch.tensor(self.means, dtype=like.dtype, device=like.device)
-        std = torch.tensor(self.stds, dtype=like.dtype, device=like.device)
-        return mean, std
+        """means, stds [4] on ``like``'s device and dtype, made once per (device, dtype): building
+        them from the Python floats at every call would be a blocking host-to-device copy (a
+        host sync) twice per encode / decode."""
+        key = (like.device, like.dtype)
+        stats = self._stats_cache.get(key)
+        if stats is None:
+            with torch.inference_mode(False):  # usable later with autograd even if made under inference_mode
+                host = torch.tensor([self.means, self.stds], dtype=like.dtype)
+                stats = tuple(host.to(like.device).unbind(0))
+            self._stats_cache[key] = stats
+        return stats
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stats_cache"] = {}  # device tensors: rebuilt where the copy is used
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_stats_cache", {})  # pickles of earlier versions
+        self.__dict__.update(state)
 
     def encode(self, priors: Tensor, boxes: Tensor) -> Tensor:
         """priors [..., 4], gt boxes [..., 4] (xyxy) -> targets [..., 4]."""

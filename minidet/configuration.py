@@ -36,7 +36,7 @@ ENGINE_DEFAULTS: dict = {
     "preset": "small", "model": "retinanet", "backbone": "tiny", "pretrained": False, "data": "shapes",
     "format": None, "train_split": "train", "val_split": "val", "shapes_images": 2000, "lenient": False,
     "epochs": 12, "batch_size": 16, "optimizer": "sgd", "schedule": "step", "lr_steps": None,
-    "warmup_iters": 500, "clip_grad": 0.0, "ema": False, "amp": None, "device": None, "workers": 2,
+    "warmup_iters": 500, "clip_grad": 0.0, "ema": False, "amp": None, "device": None, "workers": "auto",
     "sync_bn": False, "out": None, "resume": None, "weights": None, "eval_interval": 1, "log_interval": 10,
     "max_bad_steps": 10, "diagnostics": False, "tensorboard": False, "seed": 0, "quiet": False,
     "frozen_stages": None, "frozen_bn": None,
@@ -62,7 +62,8 @@ PRESETS: dict = {
 }
 
 # build_model options that are flags, per family
-_COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "weighting", "alwa_interval", "loss_weights", "ignore_iof_thr")
+_COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "weighting", "alwa_interval", "loss_weights", "ignore_iof_thr",
+                 "channels_last")
 MODEL_KEYS: dict = {
     "retinanet": (*_COMMON_MODEL, "alrp_iou", "anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds",
                   "head_norm"),

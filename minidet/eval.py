@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--score-thresh", type=float, default=None, help="override the model's score threshold")
+    p.add_argument("--amp", default=None, nargs="?", const="fp16", choices=["fp16", "bf16"],
+                   help="predict under autocast: --amp (float16) or --amp bf16 (default: float32)")
     p.add_argument("--lenient", action="store_true", help="skip broken annotations / images instead of stopping")
     p.add_argument("--gt", help="COCO ground-truth JSON (evaluate result files without a model)")
     p.add_argument("--results", help="COCO results JSON (with --gt)")
@@ -105,8 +107,11 @@ def evaluate_model(args) -> dict:
                         f"{dataset.num_classes} ({dataset.class_names}) — evaluate on the data it was trained for")
     loader = CountSkips(build_loader(dataset, args.batch_size, train=False, workers=args.workers,
                                      size_divisor=getattr(model, "size_divisor", 32)), dataset.report)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one letterbox size: the fastest kernels are chosen once
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
     ev = evaluate_detector(model, dataset, loader, device, metrics=args.metrics, progress=True,
-                           desc=f"eval {args.split}")
+                           desc=f"eval {args.split}", amp_dtype=amp_dtype)
     print(format_table(ev.stats))
     print(per_class_table(ev.per_class()))
     metrics = {"coco": ev.stats, "AP_per_IoU": ev.ap_per_iou(), "per_class_AP": ev.per_class(), "images": ev.images,

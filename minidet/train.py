@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .data import EvalTransform, TrainTransform, build_dataset
 from .data.problems import DataError
 from .engine.checkpoint import CheckpointError, load_checkpoint
 from .engine.distributed import barrier, cleanup, init_distributed, is_main
+from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
 from .models import BACKBONES, MODELS, build_model, load_matching_state
 from .weighting import WEIGHTINGS
@@ -37,6 +39,15 @@ def _ratio(text: str) -> float | None:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"],
       help="mixed precision: --amp (float16 + GradScaler, CUDA) or --amp bf16")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    a("--workers", type=int, help="data loading processes per training process (default 2)")
+    a("--workers", type=_workers, help="DataLoader processes per training process, or 'auto' (default: on CPU "
+      "one worker when the process has 2+ cores, the other cores for the network's threads; on CUDA up to 8)")
     a("--sync-bn", **flag, help="SyncBatchNorm across processes (DDP)")
+    a("--channels-last", **flag, help="run the network in channels-last memory format (faster convolutions on "
+      "recent GPUs with AMP; default off)")
     a("--out", help="run folder (default: runs/<model>-<data>-<time>)")
     a("--resume", help="continue a run from its last.pt: its saved configuration, except flags given now")
     a("--weights", help="start a new run from a checkpoint (fine-tuning); class layers are re-initialised when "
@@ -187,7 +201,7 @@ def validate(args: argparse.Namespace) -> None:
     need(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     need(args.warmup_iters >= 0, f"--warmup-iters must be >= 0, got {args.warmup_iters}")
     need(args.clip_grad >= 0, f"--clip-grad must be >= 0 (0: no clipping), got {args.clip_grad}")
-    need(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    need(args.workers == "auto" or args.workers >= 0, f"--workers must be >= 0 or auto, got {args.workers}")
     need(args.shapes_images >= 1, f"--shapes-images must be >= 1, got {args.shapes_images}")
     need(args.base_batch is None or args.base_batch >= 1, f"--base-batch must be >= 1, got {args.base_batch}")
     need(args.alwa_interval >= 1, f"--alwa-interval must be >= 1, got {args.alwa_interval}")
@@ -226,7 +240,7 @@ def configure(argv=None) -> tuple[argparse.Namespace, dict | None, list[str]]:
         if not isinstance(saved, dict) or "optimizer" not in resume:
             raise CheckpointError(f"--resume {flags['resume']}: this checkpoint holds weights only (no training "
                                   f"state to continue); start a new run from it with --weights {flags['resume']}")
-        saved = {k: v for k, v in saved.items() if k not in ("_given", "data_spec", "config")}
+        saved = {k: v for k, v in saved.items() if k not in ("_given", "data_spec", "config", "loader_workers")}
     args = parse_args(argv, saved)
     if saved is not None:
         changed = changes(parse_args([], saved).__dict__ | {"resume": None}, vars(args))
@@ -246,6 +260,10 @@ def main(argv=None) -> int:
         return 2
     rank, local_rank, world = init_distributed(args.device)
     device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and world > 1 else args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training / evaluation sizes: pick the fastest kernels once
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    threads, args.loader_workers = plan_cpu_use(device, args.workers, local_world)
     seed_everything(args.seed + rank)
     try:
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
@@ -275,7 +293,7 @@ def main(argv=None) -> int:
             load_matching_state(model, ckpt["model"], verbose=is_main())
         model.to(device)
         config = dict(model.config)
-        resolved = {k: v for k, v in vars(args).items() if k != "config"}
+        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "loader_workers")}
         if is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             if resume is None:  # the run's configuration is written once, when it starts
@@ -286,6 +304,7 @@ def main(argv=None) -> int:
                       + "; ".join(changed))
             print(f"model: {args.model} ({args.backbone}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
                   f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
+            print(f"{device.type}: {threads} thread(s) per process, {args.loader_workers} DataLoader worker(s)")
         args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
         trainer = Trainer(args, model, train_set, val_set, run_dir, device, train_set.class_names, config)
         if resume is not None:

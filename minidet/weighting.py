@@ -3,18 +3,29 @@
 Each scheme is an ``nn.Module``: ``forward(losses, record=True)`` takes the step's raw
 components (``{"cls": ..., "reg": ..., ...}``, scalar tensors) and returns them weighted (same
 keys; the training loss is their sum); ``weights`` gives the weights just applied. ``record``
-is False for steps that must not enter a scheme's statistics (aLRP: steps without positives).
+is False for steps that must not enter a scheme's statistics (aLRP: steps without positives);
+it may be a boolean 0-dim tensor on the device (the Criterion passes ``num_pos > 0``), so that
+the decision is taken there without a host sync.
 State (weights, histories, counters) is in ``state_dict`` so a resumed run continues exactly.
 
 - ``FixedWeights``: constant task weights (also YOLO's lambdas).
 - ``ALWA``: adaptive loss weight adjustment, variants 1 (mean + std) and 2 (std).
 - ``SelfBalance``: aLRP Loss's SB weight on the localisation component.
 - ``UncertaintyWeighting``: Kendall et al.'s learned homoscedastic uncertainty.
+
+No host syncs in a training step. The adaptive schemes keep their records in device buffers (a
+window / period history and a record count) and take their updates with ``torch.where`` on the
+device: a training step never reads a tensor on the host. Reading ``weights`` or a history
+(``cls_history``) does, and so does ``state_dict()`` (the histories are saved as lists of floats,
+the format of earlier versions) — for logging and checkpoints, outside the step. The updates are
+the same float64 computations as the earlier Python-float code, in the same order: sums are
+sequential (``cumsum``; exactly Python's ``sum`` on the CPU), squares are ``d * d`` (correctly
+rounded; CPython's ``d ** 2`` goes through libm's ``pow``, which is 1 ulp off for ~0.1% of
+values), so trajectories agree with it to the last float64 ulp.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -22,27 +33,54 @@ from torch import Tensor, nn
 
 __all__ = ["LossWeighting", "FixedWeights", "ALWA", "SelfBalance", "UncertaintyWeighting", "WEIGHTINGS"]
 
+Record = bool | Tensor
+
+
+def _scale(loss: Tensor, weight: float | Tensor) -> Tensor:
+    """loss * weight with the result in loss's dtype, computed as ``loss * python_float`` is
+    (half-precision losses in float32, the weight rounded to float32 / kept in float64)."""
+    if not isinstance(weight, Tensor):
+        return loss * weight
+    if not (loss.is_floating_point() or loss.is_complex()):
+        loss = loss.to(torch.get_default_dtype())  # as an integer tensor * a Python float
+    if loss.dtype in (torch.float16, torch.bfloat16):
+        return (loss.float() * weight.float()).to(loss.dtype)
+    return loss * weight.to(loss.dtype)
+
+
+def _as_record(record: Record) -> Record:
+    """A boolean tensor stays (decided on its device); anything else becomes a Python bool."""
+    return record.bool() if isinstance(record, Tensor) else bool(record)
+
 
 class LossWeighting(nn.Module):
     """Base class: subclasses implement ``_weights()`` (current weights) and may ``_observe``."""
 
-    def forward(self, losses: dict[str, Tensor], record: bool = True) -> dict[str, Tensor]:
+    def forward(self, losses: dict[str, Tensor], record: Record = True) -> dict[str, Tensor]:
+        record = _as_record(record)
         weights = self._weights(losses)
-        weighted = {k: v * weights.get(k, 1.0) for k, v in losses.items()}
-        if record and self.training:
-            self._observe(losses, weighted)
-        self._last = {k: float(weights.get(k, 1.0)) for k in losses}
+        weighted = {k: _scale(v, weights.get(k, 1.0)) for k, v in losses.items()}
+        if self.training and record is not False:
+            self._observe(losses, weighted, record)
+        self._last = {k: weights.get(k, 1.0) for k in losses}
         return weighted
 
     @property
     def weights(self) -> dict[str, float]:
-        """The weights applied by the latest forward (empty before the first)."""
+        """The weights applied by the latest forward (empty before the first), as floats.
+        Reading them waits for the device; ``weight_tensors()`` does not."""
+        return {k: float(v) for k, v in getattr(self, "_last", {}).items()}
+
+    def weight_tensors(self) -> dict[str, float | Tensor]:
+        """The weights applied by the latest forward without a host sync: Python floats for
+        constant weights, detached 0-dim tensors (on the device) for the adaptive ones."""
         return dict(getattr(self, "_last", {}))
 
     def _weights(self, losses: dict[str, Tensor]) -> dict[str, float | Tensor]:
+        """Current weights: floats, or 0-dim tensors that later in-place updates do not change."""
         raise NotImplementedError
 
-    def _observe(self, losses: dict[str, Tensor], weighted: dict[str, Tensor]) -> None:
+    def _observe(self, losses: dict[str, Tensor], weighted: dict[str, Tensor], record: Record) -> None:
         pass
 
 
@@ -60,29 +98,94 @@ class FixedWeights(LossWeighting):
         return ", ".join(f"{k}={v}" for k, v in self.fixed.items())
 
 
-class _HistoryState:
-    """get/set_extra_state for modules that keep Python lists of recorded floats."""
+def _sequential_sum(values: Tensor, count: Tensor | None = None) -> Tensor:
+    """Row sums of values [R, K] added left to right (Python's ``sum``; ``cumsum`` is sequential
+    on the CPU), over the first ``count`` entries of each row when given (the others count 0)."""
+    if count is not None:
+        inside = torch.arange(values.shape[1], device=values.device) < count
+        values = torch.where(inside, values, torch.zeros_like(values))
+    if values.shape[1] == 0:
+        return values.new_zeros(values.shape[0])
+    return values.cumsum(1)[:, -1]
 
-    _state_lists: tuple[str, ...] = ()
+
+class _DeviceHistory(nn.Module):
+    """Records of (cls, reg) pairs in a device buffer [2, capacity] with a device-side count.
+
+    ``_append`` writes at the count and advances it by ``record`` (a bool or a bool tensor), so
+    whether a step is recorded is decided on the device. The buffer grows by doubling, driven by
+    a host-side upper bound of the count (the calls since the last clear), so no sync is needed.
+    ``cls_history`` / ``reg_history`` and the extra state read the records as float lists.
+    """
+
+    _history: Tensor
+    _count: Tensor
+    _grows = True  # False: the owner clears the records before the buffer can fill (ALWA's window)
+
+    def _init_history(self, capacity: int) -> None:
+        self.register_buffer("_history", torch.zeros(2, capacity, dtype=torch.float64), persistent=False)
+        self.register_buffer("_count", torch.zeros((), dtype=torch.int64), persistent=False)
+        self._calls = 0  # upper bound of _count (appends since the last clear), known on the host
+
+    def _append(self, cls: Tensor, reg: Tensor, record: Record) -> None:
+        if self._grows and self._history.shape[1] <= self._calls:
+            grow = max(16, self._history.shape[1])
+            self._history = torch.cat([self._history, self._history.new_zeros(2, grow)], dim=1)
+        values = torch.stack([cls.detach().reshape(()).double(), reg.detach().reshape(()).double()])
+        self._history.index_copy_(1, self._count.view(1), values[:, None])
+        if isinstance(record, Tensor):
+            self._count += record.to(torch.int64)
+        else:
+            self._count += 1
+        self._calls += 1
+
+    def _clear(self, where: Tensor | None = None) -> None:
+        """Forget the records (where the 0-dim bool ``where`` holds, if given)."""
+        if where is None:
+            self._count.zero_()
+            self._calls = 0
+        else:
+            self._count.masked_fill_(where, 0)
+
+    def _records(self, row: int) -> list[float]:
+        return self._history[row, : int(self._count)].tolist()
+
+    @property
+    def cls_history(self) -> list[float]:
+        """The recorded classification values (reads the device)."""
+        return self._records(0)
+
+    @property
+    def reg_history(self) -> list[float]:
+        """The recorded regression values (reads the device)."""
+        return self._records(1)
 
     def get_extra_state(self) -> dict:
-        return {name: list(getattr(self, name)) for name in self._state_lists}
+        return {"cls_history": self.cls_history, "reg_history": self.reg_history}
 
     def set_extra_state(self, state: dict) -> None:
-        for name in self._state_lists:
-            setattr(self, name, list(state[name]))
+        cls, reg = list(state["cls_history"]), list(state["reg_history"])
+        if len(cls) != len(reg):
+            raise ValueError(f"weighting state: {len(cls)} cls but {len(reg)} reg records")
+        n = len(cls)
+        capacity = max(self._history.shape[1], n + 1)
+        history = torch.zeros(2, capacity, dtype=torch.float64)
+        if n:
+            history[:, :n] = torch.tensor([cls, reg], dtype=torch.float64)
+        self._history = history.to(self._history.device)
+        self._count = torch.tensor(n, dtype=torch.int64).to(self._count.device)
+        self._calls = n
 
 
-class ALWA(_HistoryState, LossWeighting):
+class ALWA(_DeviceHistory, LossWeighting):
     """Adaptive Loss Weight Adjustment (variants ALWA_1 and ALWA_2).
 
     Keeps the WEIGHTED cls and reg values of the last ``interval`` recorded steps. When the
     window is full it computes, for each, mean + sample std (variant 1) or the sample std
     (variant 2, ddof = 1); if cls > reg it sets lambda_cls = 1 - (cls - reg) / cls, then clears
     the window. lambda_reg keeps its initial value. The new weight applies from the next step.
+    The window, its count and the update live on the device (see the module docstring).
     """
-
-    _state_lists = ("cls_history", "reg_history")
 
     def __init__(self, variant: int = 2, interval: int = 100, init: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
@@ -93,32 +196,40 @@ class ALWA(_HistoryState, LossWeighting):
         self.variant, self.interval = variant, interval
         self.register_buffer("lambda_cls", torch.tensor(float(init[0]), dtype=torch.float64))
         self.register_buffer("lambda_reg", torch.tensor(float(init[1]), dtype=torch.float64))
-        self.cls_history: list[float] = []
-        self.reg_history: list[float] = []
+        self._init_history(interval)
 
     def _weights(self, losses):
-        return {"cls": float(self.lambda_cls), "reg": float(self.lambda_reg)}
+        return {"cls": self.lambda_cls.detach().clone(), "reg": self.lambda_reg.detach().clone()}
 
-    def _statistic(self, values: list[float]) -> float:
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    def _statistic(self, values: Tensor, count: Tensor) -> Tensor:
+        """[2]: mean + sample std (variant 1) or the sample std (variant 2) of the first
+        ``count`` values of each row, as ``sum(v) / n`` and ``sqrt(sum((v - mean)^2) / (n - 1))``."""
+        n = count.to(torch.float64)
+        mean = _sequential_sum(values, count) / n
+        dev = values - mean[:, None]
+        std = (_sequential_sum(dev * dev, count) / (n - 1)).sqrt()
         return mean + std if self.variant == 1 else std
 
-    def _observe(self, losses, weighted):
-        self.cls_history.append(float(weighted["cls"].detach()))
-        self.reg_history.append(float(weighted["reg"].detach()))
-        if len(self.cls_history) >= self.interval:
-            cls, reg = self._statistic(self.cls_history), self._statistic(self.reg_history)
-            if cls > reg:
-                self.lambda_cls.fill_(1.0 - (cls - reg) / cls)
-            self.cls_history.clear()
-            self.reg_history.clear()
+    # The window is cleared when it holds ``interval`` records, so the count is below the
+    # capacity (``interval``, or n + 1 after loading n >= interval records) at every append.
+    _grows = False
+
+    def _observe(self, losses, weighted, record):
+        self._append(weighted["cls"], weighted["reg"], record)
+        full = self._count >= self.interval
+        if isinstance(record, Tensor):
+            full = full & record
+        stat = self._statistic(self._history, self._count)
+        cls, reg = stat[0], stat[1]
+        update = full & (cls > reg)
+        self.lambda_cls.copy_(torch.where(update, 1.0 - (cls - reg) / cls, self.lambda_cls))
+        self._clear(where=full)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, interval={self.interval}"
 
 
-class SelfBalance(_HistoryState, LossWeighting):
+class SelfBalance(_DeviceHistory, LossWeighting):
     """aLRP Loss's self-balance: the localisation component ("reg") is multiplied by SB.
 
     SB starts at ``init`` (50). Recorded steps (those with positives) store the float values
@@ -126,40 +237,46 @@ class SelfBalance(_HistoryState, LossWeighting):
     (mean reg + mean cls) / mean reg over the period, the records are cleared, and the new SB
     already applies to the step that completed the period. ``period=None``: one epoch — the
     trainer sets ``period`` to its steps per epoch (or calls ``end_period()`` itself).
+    Records and SB live on the device; the step counter ``steps`` also has a host copy (read
+    from the buffer once after a ``load_state_dict``), so the period end needs no sync.
     """
-
-    _state_lists = ("cls_history", "reg_history")
 
     def __init__(self, init: float = 50.0, period: int | None = None) -> None:
         super().__init__()
         self.period = period
         self.register_buffer("sb", torch.tensor(float(init), dtype=torch.float64))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
-        self.cls_history: list[float] = []
-        self.reg_history: list[float] = []
+        self._init_history(16)
+        self._host_steps: int | None = 0
 
-    def forward(self, losses: dict[str, Tensor], record: bool = True) -> dict[str, Tensor]:
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_steps = None  # ``steps`` was loaded: read it again once
+
+    def forward(self, losses: dict[str, Tensor], record: Record = True) -> dict[str, Tensor]:
         if self.training:
-            if record:
-                self.cls_history.append(float(losses["cls"].detach()))
-                self.reg_history.append(float(losses["reg"].detach()))
+            record = _as_record(record)
+            if record is not False:
+                self._append(losses["cls"], losses["reg"], record)
+            if self._host_steps is None:
+                self._host_steps = int(self.steps)
             self.steps += 1
-            if self.period and int(self.steps) % self.period == 0:
+            self._host_steps += 1
+            if self.period and self._host_steps % self.period == 0:
                 self.end_period()
         return super().forward(losses, record=False)
 
     def end_period(self) -> None:
         """Close the period: update SB from its records (if any) and clear them."""
-        if self.reg_history:
-            mean_reg = sum(self.reg_history) / len(self.reg_history)
-            mean_cls = sum(self.cls_history) / len(self.cls_history)
-            if mean_reg > 0:
-                self.sb.fill_((mean_reg + mean_cls) / mean_reg)
-        self.cls_history.clear()
-        self.reg_history.clear()
+        n = self._count.to(torch.float64)
+        sums = _sequential_sum(self._history, self._count)
+        mean_cls, mean_reg = sums[0] / n, sums[1] / n
+        update = (self._count > 0) & (mean_reg > 0)
+        self.sb.copy_(torch.where(update, (mean_reg + mean_cls) / mean_reg, self.sb))
+        self._clear()
 
     def _weights(self, losses):
-        return {"cls": 1.0, "reg": float(self.sb)}
+        return {"cls": 1.0, "reg": self.sb.detach().clone()}
 
     def extra_repr(self) -> str:
         return f"period={self.period}"
@@ -181,7 +298,7 @@ class UncertaintyWeighting(LossWeighting):
     def _factor(self, key: str) -> float:
         return 0.5 if key in self.regression_keys else 1.0
 
-    def forward(self, losses: dict[str, Tensor], record: bool = True) -> dict[str, Tensor]:
+    def forward(self, losses: dict[str, Tensor], record: Record = True) -> dict[str, Tensor]:
         out = {}
         for k, v in losses.items():
             if k in self.log_vars:
@@ -189,8 +306,9 @@ class UncertaintyWeighting(LossWeighting):
                 out[k] = self._factor(k) * torch.exp(-s) * v + 0.5 * s
             else:
                 out[k] = v
-        self._last = {k: (self._factor(k) * math.exp(-float(self.log_vars[k].detach())) if k in self.log_vars else 1.0)
-                      for k in losses}
+        # the effective weights factor * exp(-s), in float64 on the device (no sync)
+        self._last = {k: (self._factor(k) * torch.exp(-self.log_vars[k].detach().double())
+                          if k in self.log_vars else 1.0) for k in losses}
         return out
 
 

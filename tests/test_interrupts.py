@@ -408,8 +408,12 @@ def test_python_m_minidet_train_interrupted_while_starting(reference, tmp_path):
     time.sleep(float(np.random.default_rng().uniform(0.3, 1.5)))
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    if proc.returncode != 0:  # (a very slow machine may not have got far)
-        assert "saved" not in out and not (run / "last.pt").exists(), out[-3000:]
+    if proc.returncode == 0:
+        # the signal landed where CPython itself swallows the KeyboardInterrupt (an "Exception
+        # ignored in ..." during an import): the run went on and finished
+        assert_same_final_state(run, reference[0])
+        return
+    assert "saved" not in out and not (run / "last.pt").exists(), out[-3000:]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert_same_final_state(run, reference[0])

@@ -25,8 +25,25 @@ from minidet.train import main
 NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 
+def named_parameters(model):
+    """The network's parameters and, under "criterion.", the loss's (held beside the network)."""
+    out = list(model.named_parameters())
+    criterion = getattr(model, "criterion", None)
+    if isinstance(criterion, nn.Module):
+        out += [(f"criterion.{n}", p) for n, p in criterion.named_parameters()]
+    return out
+
+
+def named_modules(model):
+    out = list(model.named_modules())
+    criterion = getattr(model, "criterion", None)
+    if isinstance(criterion, nn.Module):
+        out += [(f"criterion.{n}" if n else "criterion", m) for n, m in criterion.named_modules()]
+    return out
+
+
 def groups_by_name(model, groups) -> tuple[set[str], set[str]]:
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in named_parameters(model)}
     decay = [g for g in groups if g["weight_decay"] > 0]
     no_decay = [g for g in groups if g["weight_decay"] == 0]
     assert len(decay) == 1 and len(no_decay) == 1
@@ -37,13 +54,13 @@ def assert_partition(model, groups) -> None:
     """Every trainable parameter in exactly one group, nothing else in any."""
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
-    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(ids) == {id(p) for _, p in named_parameters(model) if p.requires_grad}
 
 
 def expected_no_decay(model) -> set[str]:
     """Written out independently of parameter_groups: module types and parameter names."""
     out = set()
-    for module_name, module in model.named_modules():
+    for module_name, module in named_modules(model):
         for name, _ in module.named_parameters(recurse=False):
             full = f"{module_name}.{name}" if module_name else name
             if isinstance(module, NORMS + (L2Norm,)) or name == "bias" or full.startswith("criterion."):
@@ -97,12 +114,12 @@ def test_adamw_decays_exactly_the_decay_group():
             p.add_(torch.rand_like(p) + 0.5)
     args = SimpleNamespace(optimizer="adamw", lr=0.1, weight_decay=0.5, momentum=0.9)
     opt = build_optimizer(model, args)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for p in model.parameters():
+    before = {n: p.detach().clone() for n, p in named_parameters(model)}
+    for _, p in named_parameters(model):
         p.grad = torch.zeros_like(p)
     opt.step()
     decay, no_decay = groups_by_name(model, opt.param_groups)
-    for n, p in model.named_parameters():
+    for n, p in named_parameters(model):
         want = before[n] * (1 - 0.1 * 0.5) if n in decay else before[n]
         assert torch.equal(p.detach(), want), n
 
@@ -139,20 +156,22 @@ def test_optimizer_state_round_trips():
     for _ in range(2):
         step(model, opt)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
+    torch.save({"model": model.state_dict(), "criterion": model.criterion.state_dict(),
+                "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=False)
     copy = build_model("retinanet", 4, head_norm="gn", weighting="uncertainty")
     copy.load_state_dict(saved["model"])
+    copy.criterion.load_state_dict(saved["criterion"])
     opt2 = build_optimizer(copy, args)
     opt2.load_state_dict(saved["optimizer"])
     assert [g["weight_decay"] for g in opt2.param_groups] == [0.05, 0.0]
-    for p, q in zip(model.parameters(), copy.parameters(), strict=True):
+    for (_, p), (_, q) in zip(named_parameters(model), named_parameters(copy), strict=True):
         assert torch.equal(opt.state[p]["step"], opt2.state[q]["step"])
         assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[q]["exp_avg_sq"])
     step(model, opt)
     step(copy, opt2)
-    for (n, p), q in zip(model.named_parameters(), copy.parameters(), strict=True):
+    for (n, p), (_, q) in zip(named_parameters(model), named_parameters(copy), strict=True):
         assert torch.equal(p, q), n
 
 

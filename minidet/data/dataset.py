@@ -140,11 +140,20 @@ class DetectionDataset(Dataset):
             item["ignore_boxes"], item["ignore_labels"] = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
         return item
 
-    def __getitem__(self, index: int) -> dict:
-        """Item ``index`` (transformed). Lenient mode replaces an unreadable image by the next
-        readable one; the item then carries ``"skipped": [(path, message), ...]`` so that the
-        main process can count the skip (``problems.record_skipped``) even when this runs in a
-        DataLoader worker process, whose copy of ``self.report`` it never sees."""
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """Item ``index`` (transformed). ``index`` may also be an ``(epoch, index)`` pair, what the
+        training loader's ``EpochSampler`` yields: the augmentation then follows that epoch, not
+        ``self.epoch`` — DataLoader workers hold a copy of the dataset made when they started
+        (persistent workers), which an epoch set in the main process never reaches. With
+        ``aug_seed`` set an item is a function of (aug_seed, epoch, index) only.
+
+        Lenient mode replaces an unreadable image by the next readable one; the item then
+        carries ``"skipped": [(path, message), ...]`` so that the main process can count the
+        skip (``problems.record_skipped``) even when this runs in a DataLoader worker process,
+        whose copy of ``self.report`` it never sees."""
+        epoch = self.epoch
+        if isinstance(index, tuple):
+            epoch, index = index
         skipped = []
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
@@ -162,7 +171,7 @@ class DetectionDataset(Dataset):
             raise DataError("no readable image in the dataset")
         if self.transform is not None:
             if self.aug_seed is not None and hasattr(self.transform, "reseed"):
-                self.transform.reseed((self.aug_seed * 1_000_003 + self.epoch * 100_003 + index) % 2**32)
+                self.transform.reseed((self.aug_seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
             item = self.transform(item)
         if skipped:
             item["skipped"] = skipped

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import random
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -19,26 +20,38 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from .dataset import DetectionDataset
+
 __all__ = ["collate", "build_loader", "seed_worker", "EpochSampler", "ShardSampler"]
 
 
 class EpochSampler(DistributedSampler):
     """A shuffling sampler whose order is a function of (seed, epoch) and that can start
     part-way into an epoch (``set_epoch(epoch, skip)`` skips the first ``skip`` indices of this
-    process): what a resumed run needs. Shards over processes like DistributedSampler."""
+    process): what a resumed run needs. Shards over processes like DistributedSampler.
 
-    def __init__(self, dataset: Dataset, seed: int = 0, shuffle: bool = True) -> None:
+    ``with_epoch`` (default): it yields ``(epoch, index)`` pairs, which ``DetectionDataset``
+    takes as an index: the epoch then travels with each index to the DataLoader workers, so
+    that they can be persistent (a copy of the dataset made when a worker started never sees
+    an epoch set later in the main process) while augmentations stay a function of (seed,
+    epoch, index). Without it, plain indices."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0, shuffle: bool = True, with_epoch: bool = True) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
                          rank=dist.get_rank() if distributed else 0, shuffle=shuffle, seed=seed, drop_last=True)
         self.skip = 0
+        self.with_epoch = with_epoch
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         super().set_epoch(epoch)
         self.skip = skip
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip :])
+        indices = list(super().__iter__())[self.skip :]
+        if self.with_epoch:
+            return iter([(self.epoch, i) for i in indices])
+        return iter(indices)
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
@@ -96,6 +109,7 @@ def collate(batch: list[dict], size_divisor: int = 32) -> tuple[Tensor, list[dic
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker init: seed python, numpy and the dataset's transform from the
     worker's torch seed (which the loader's generator determines)."""
+    cv2.setNumThreads(1)  # the worker is one of the machine's cores; OpenCV's pool would compete
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -109,12 +123,20 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
                  pin_memory: bool | None = None, drop_last: bool | None = None, resumable: bool = False,
                  size_divisor: int = 32) -> DataLoader:
     """A DataLoader over ``dataset``; under torch.distributed each process reads its own shard
-    (call ``loader.sampler.set_epoch(epoch)`` every epoch). ``resumable`` uses EpochSampler;
-    batches are padded to a multiple of ``size_divisor`` (the model's ``size_divisor``)."""
+    (call ``loader.sampler.set_epoch(epoch)`` every epoch). ``resumable`` uses EpochSampler
+    (``(epoch, index)`` pairs for a DetectionDataset); workers are persistent (started once, kept
+    across epochs); batches are padded to a multiple of ``size_divisor`` (the model's
+    ``size_divisor``)."""
     generator = torch.Generator().manual_seed(seed)
     distributed = dist.is_available() and dist.is_initialized()
+    # The resumable sampler hands the epoch to a DetectionDataset with every index: its workers
+    # can then live across epochs. Another dataset gets plain indices and fresh workers per epoch
+    # (they copy whatever epoch the main process set on it when the epoch starts).
+    persistent = workers > 0
     if train and resumable:
-        sampler = EpochSampler(dataset, seed=seed)
+        with_epoch = isinstance(dataset, DetectionDataset)
+        sampler = EpochSampler(dataset, seed=seed, with_epoch=with_epoch)
+        persistent = persistent and with_epoch
     elif distributed:
         sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True) if train else ShardSampler(dataset)
     elif train:
@@ -126,5 +148,5 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
         collate_fn=collate if size_divisor == 32 else functools.partial(collate, size_divisor=size_divisor),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train if drop_last is None else drop_last, worker_init_fn=seed_worker,
-        generator=generator, persistent_workers=workers > 0 and not resumable,
+        generator=generator, persistent_workers=persistent,
     )

@@ -53,13 +53,14 @@ class ShapesDataset(DetectionDataset):
 
     ``classes``: the shape names to use (a subset of SHAPES, in label order) or their number.
     Objects per image are drawn from [min_objects, max_objects]; sizes (circumscribed
-    diameter) log-uniform in [min_size, max_size] px.
+    diameter) log-uniform in [min_size, max_size] px. Rendered images are kept in memory up
+    to ``cache_bytes`` per process (default 1 GiB: 2000 images at 512 px; 0 turns it off).
     """
 
     def __init__(self, num_images: int = 1000, image_size: int | Sequence[int] = 256,
                  classes: int | Sequence[str] = SHAPES, seed: int = 0, split: str = "train",
                  min_objects: int = 1, max_objects: int = 6, min_size: float = 10.0,
-                 max_size: float | None = None, transform=None) -> None:
+                 max_size: float | None = None, transform=None, cache_bytes: int = 1 << 30) -> None:
         if isinstance(classes, int):
             classes = SHAPES[:classes]
         unknown = [c for c in classes if c not in SHAPES]
@@ -82,6 +83,9 @@ class ShapesDataset(DetectionDataset):
             for i, objs in enumerate(self._layouts)
         ]
         super().__init__(records, self.shapes, DataReport(strict=True), transform)
+        self.cache_budget = cache_bytes
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_bytes = 0
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
@@ -138,7 +142,18 @@ class ShapesDataset(DetectionDataset):
         return img
 
     def load(self, index: int) -> dict:
+        """The untransformed item of image ``index``; renders are deterministic per (seed, split,
+        index), so each is drawn once per process and kept while the cache budget lasts."""
         r = self.records[index]
+        cached = self._cache.get(index)
+        if cached is None:
+            cached = self._render(index)
+            if self._cache_bytes + cached.nbytes <= self.cache_budget:
+                self._cache[index] = cached
+                self._cache_bytes += cached.nbytes
+        return r.item(cached.copy())
+
+    def _render(self, index: int) -> np.ndarray:
         img = self._background(self._rng(index + 10_000_019))
         for o in self._layouts[index]:
             colour = tuple(int(c) for c in o["colour"])
@@ -154,7 +169,7 @@ class ShapesDataset(DetectionDataset):
                     cv2.polylines(img, pts, True, colour, o["thickness"], cv2.LINE_AA, shift=4)
                 else:
                     cv2.fillPoly(img, pts, colour, cv2.LINE_AA, shift=4)
-        return r.item(img)
+        return img
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -1,4 +1,8 @@
-"""torch.distributed helpers: set-up from torchrun's environment, rank checks, gathering."""
+"""torch.distributed helpers: set-up from torchrun's environment, rank checks, gathering.
+
+Every function here that talks to other processes is a collective: all processes of the group
+must call it, in the same order. Without distribution (or a group of one) none of them
+communicates."""
 
 from __future__ import annotations
 
@@ -38,6 +42,33 @@ def gather_objects(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def get_rank() -> int:
+    """This process's rank; 0 without distribution."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather_to_main(obj, group=None) -> list | None:
+    """Every rank's ``obj`` (in rank order) on rank 0, None on the others: a collective over
+    ``group`` (all processes: the default group, or a group of every rank with another backend,
+    e.g. gloo beside NCCL); [obj] without distribution. Cheaper than ``gather_objects`` when
+    only rank 0 needs the result."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0, group=group)
+    return out
+
+
+def broadcast_from_main(obj, group=None):
+    """Rank 0's ``obj`` on every rank (a collective; the other ranks' ``obj`` is ignored);
+    ``obj`` itself without distribution."""
+    if world_size() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
 
 
 def barrier() -> None:

@@ -35,7 +35,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     This is what mmdetection's ``paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0)``,
     detectron2's ``WEIGHT_DECAY_NORM = 0`` with ``WEIGHT_DECAY_BIAS = 0`` and timm's
     ``param_groups_weight_decay`` (``ndim <= 1`` or a bias) do. Each parameter appears once (shared
-    parameters too), in ``model.parameters()`` order; frozen parameters (``requires_grad``
+    parameters too), the model's in ``model.parameters()`` order then the criterion's; frozen parameters (``requires_grad``
     False) are left out; a group without parameters is dropped.
     """
     no_decay: set[int] = set()
@@ -49,12 +49,21 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.ndim <= 1 or name.rsplit(".", 1)[-1] == "bias":
             no_decay.add(id(p))
     decay_params, no_decay_params = [], []
-    for p in model.parameters():  # deduplicated by nn.Module
-        if p.requires_grad:
-            (no_decay_params if id(p) in no_decay else decay_params).append(p)
+    for p in trainable_parameters(model):
+        (no_decay_params if id(p) in no_decay else decay_params).append(p)
     groups = [{"params": decay_params, "weight_decay": weight_decay},
               {"params": no_decay_params, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates: the model's and its criterion's (held beside the
+    network, see ``Detector``), each once, frozen ones left out."""
+    params = list(model.parameters())
+    criterion = getattr(model, "criterion", None)
+    if isinstance(criterion, nn.Module):
+        params += list(criterion.parameters())
+    return [p for p in dict.fromkeys(params) if p.requires_grad]
 
 
 def build_optimizer(model: nn.Module, args, grouped: bool = True) -> torch.optim.Optimizer:
@@ -66,7 +75,7 @@ def build_optimizer(model: nn.Module, args, grouped: bool = True) -> torch.optim
     if grouped:
         params = parameter_groups(model, args.weight_decay)
     else:
-        params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": args.weight_decay}]
+        params = [{"params": trainable_parameters(model), "weight_decay": args.weight_decay}]
     lr = effective_lr(vars(args), world_size()) if hasattr(args, "base_batch") else args.lr
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)

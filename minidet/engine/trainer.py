@@ -5,7 +5,16 @@ Ctrl-C (SIGINT) during ``Trainer.fit`` never stops the loop half-way through an 
 sets a flag that the loop checks between iterations, between epochs and after an evaluation,
 where the whole training state (weights, BatchNorm statistics, optimiser, schedule, scaler, EMA,
 counters, RNGs) belongs to the same instant; last.pt is written there and the process exits with
-status 130. Resuming from that last.pt then repeats the uninterrupted run exactly."""
+status 130. Resuming from that last.pt then repeats the uninterrupted run exactly.
+
+Under DDP the processes take every decision that changes the course of the loop together: a
+step is applied by all or skipped by all (a non-finite loss on any process; fp16 gradients the
+GradScaler refuses), and a Ctrl-C seen by any process stops all of them after the same
+iteration. One small all_reduce per iteration carries both (``Trainer._agree``); on one process
+the same decision costs one host sync and no collective. No collective hides where one process
+may run alone (the loss averages its positive count over processes only inside the Trainer's
+DDP steps, ``Criterion.sync_normalizer``). Checkpoints hold every process's RNG state, and the
+validation detections are scored once, on rank 0."""
 
 from __future__ import annotations
 
@@ -34,10 +43,11 @@ from ..data.problems import CountSkips, record_skipped
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector
 from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files, save_checkpoint
-from .distributed import is_main, world_size
+from .distributed import gather_to_main, get_rank, is_main, world_size
 from .ema import ModelEMA
 from .logger import RunLogger
 from .optim import build_optimizer
+from .resources import plan_cpu_use
 from .schedule import build_scheduler
 
 
@@ -57,7 +67,13 @@ class TrainState:
 
 
 class _StopRequested(Exception):
-    """Internal: a Ctrl-C was seen and the loop reached a point where the state is consistent."""
+    """Internal: a Ctrl-C was seen and the loop reached a point where the state is consistent.
+    ``agreed``: every process stops at this same point (under DDP: decided by an all_reduce of
+    the flag), so that the checkpoint written now may gather from all of them."""
+
+    def __init__(self, agreed: bool = True) -> None:
+        super().__init__()
+        self.agreed = agreed
 
 
 def _notice(text: str) -> None:
@@ -147,6 +163,7 @@ class _LossStep(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.criterion = model.criterion  # registered here so that DDP also averages the loss's gradients
 
     def forward(self, images, targets):
         return self.model.loss(images, targets)
@@ -186,12 +203,15 @@ class Trainer:
         self.state = TrainState()
         self.train_set.aug_seed = args.seed
         divisor = getattr(model, "size_divisor", 32)
-        self.train_loader = build_loader(train_set, args.batch_size, train=True, workers=args.workers, seed=args.seed,
+        workers = getattr(args, "loader_workers", None)
+        if workers is None:  # (a Trainer built without minidet.train's main)
+            workers = plan_cpu_use(device, args.workers, apply=False)[1]
+        self.train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
                                          resumable=True, size_divisor=divisor)
         if len(self.train_loader) == 0:
             raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch of "
                                 f"{args.batch_size} per process — lower --batch-size")
-        self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=args.workers,
+        self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=workers,
                                                    size_divisor=divisor), val_set.report, "val data")
                            if val_set else None)
         self.optimizer = build_optimizer(model, args)  # decay for conv / linear weights only (see parameter_groups)
@@ -201,7 +221,7 @@ class Trainer:
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(model) if args.ema else None
-        for m in model.modules():  # aLRP's SB: one period = one epoch unless given
+        for m in model.criterion.modules():  # aLRP's SB: one period = one epoch unless given
             if isinstance(m, SelfBalance) and m.period is None:
                 m.period = len(self.train_loader)
         self.step_module = _LossStep(model)
@@ -214,6 +234,7 @@ class Trainer:
                 print(f"removed {path}, left by an interrupted checkpoint write")
         self.interrupt = InterruptFlag()
         self._flag_group = None  # all processes must agree on the iteration after which they stop
+        self._agreed_stop = None  # the stop flag the last training step's all_reduce agreed on (DDP)
         if world_size() > 1:
             self._flag_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self._updating = False  # True while an iteration, an epoch's end or an evaluation's record changes the state
@@ -230,16 +251,26 @@ class Trainer:
             "category_ids": getattr(self.train_set, "category_ids", None), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None, "train_state": vars(self.state).copy(),
+            "criterion": self.model.criterion.state_dict(),  # the loss state, beside the network's weights
             "rng": rng_state(), "args": vars(self.args),
         }
 
-    def save(self, name: str, evaluated_weights: bool = False) -> None:
+    def save(self, name: str, evaluated_weights: bool = False, gather: bool = True) -> None:
         """Write run_dir/name atomically (rank 0). ``evaluated_weights``: store the weights that
         were evaluated (the EMA when enabled) as "model", for best.pt. A second Ctrl-C waits
-        until the file is complete."""
+        until the file is complete.
+
+        The file holds every process's RNG state, "rng_per_rank" (in rank order, gathered to rank
+        0; "rng" is rank 0's, as before): under DDP a collective, so every process calls save at
+        the same point of the run. ``gather=False`` (under DDP: a stop that the processes did not
+        agree on, where the others may be anywhere) skips the gathering: "rng_per_rank" is then
+        None and a resume gives every process rank 0's state."""
         with self.interrupt.critical():
+            rngs = (gather_to_main(rng_state(), group=self._flag_group) if gather or self._flag_group is None
+                    else None)
             if is_main():
                 state = self.checkpoint()
+                state["rng_per_rank"] = rngs
                 if evaluated_weights and self.ema is not None:
                     state["model"] = self.ema.module.state_dict()
                 path = save_checkpoint(state, self.run_dir / name)
@@ -269,6 +300,8 @@ class Trainer:
         A run whose checkpoint has one optimiser group (written before ``parameter_groups``)
         continues with that single group, so that it still repeats itself exactly."""
         self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("criterion") is not None:
+            self.model.criterion.load_state_dict(ckpt["criterion"])
         saved_groups = len(ckpt["optimizer"]["param_groups"])
         if saved_groups == 1 and len(self.optimizer.param_groups) != 1:
             self.optimizer = build_optimizer(self.model, self.args, grouped=False)
@@ -283,12 +316,27 @@ class Trainer:
         if self.ema and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
         self.state = TrainState(**ckpt["train_state"])
-        set_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt)
         resume = getattr(self.args, "resume", None)
         last = self.run_dir / "last.pt"
         if resume and last.is_file() and Path(resume).resolve() == last.resolve():
             self._saved_key = self._state_key()  # last.pt holds the state just restored
             self._saved_last = (_file_identity(last), self.state.epoch, self.state.iteration)
+
+    def _restore_rng(self, ckpt: dict) -> None:
+        """This process's own RNG state ("rng_per_rank"[rank]). Rank 0's ("rng") on every process
+        when the checkpoint holds one state only (written before per-process states were saved,
+        or by a stop the processes did not agree on) or was written by another number of
+        processes; the run says so."""
+        per_rank, world = ckpt.get("rng_per_rank"), world_size()
+        if per_rank is not None and len(per_rank) == world:
+            set_rng_state(per_rank[get_rank()])
+            return
+        set_rng_state(ckpt["rng"])
+        if is_main() and (world > 1 or per_rank is not None):
+            why = (f"was written by {len(per_rank)} processes and this run has {world}" if per_rank is not None
+                   else "holds the random-number state of one process only")
+            print(f"note: the checkpoint {why}: every process continues from rank 0's random-number state")
 
     # ------------------------------------------------------------------------ loop
 
@@ -303,10 +351,10 @@ class Trainer:
             with self.interrupt.installed():
                 try:
                     last_stats = self._epochs()
-                except _StopRequested:
-                    self._exit_interrupted(save=True)
+                except _StopRequested as stop:
+                    self._exit_interrupted(save=True, gather=stop.agreed)
                 except KeyboardInterrupt:  # a second Ctrl-C, or one raised without the flag (not the main thread)
-                    self._exit_interrupted(save=not self.interrupt.forced and not self._updating)
+                    self._exit_interrupted(save=not self.interrupt.forced and not self._updating, gather=False)
                 finally:
                     if self.logger is not None:
                         self.logger.close()
@@ -330,25 +378,33 @@ class Trainer:
         return last_stats
 
     def _stop_requested(self) -> bool:
-        """Whether a Ctrl-C was seen, by any process (a collective call under DDP)."""
+        """Whether a Ctrl-C was seen, by any process. Under DDP a collective call, except right
+        after a training step: its flag all_reduce (``_agree``) carried this process's flag too,
+        and the answer it agreed on is used (once) instead of a second collective. A Ctrl-C
+        that came after that all_reduce counts at the next one, on every process alike."""
         requested = self.interrupt.requested
         if self._flag_group is not None:
-            flag = torch.tensor([int(requested)], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._flag_group)
-            requested = self.interrupt.requested = bool(flag.item())
+            agreed, self._agreed_stop = getattr(self, "_agreed_stop", None), None
+            if agreed is None:
+                flag = torch.tensor([int(requested)], dtype=torch.int32)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._flag_group)
+                agreed = bool(flag.item())
+            requested = agreed
+            if agreed:
+                self.interrupt.requested = True
         return requested
 
     def _check_stop(self) -> None:
         if self._stop_requested():
             raise _StopRequested
 
-    def _exit_interrupted(self, save: bool) -> NoReturn:
+    def _exit_interrupted(self, save: bool, gather: bool = True) -> NoReturn:
         """Write last.pt when ``save`` and it does not hold the current state yet, say truthfully
-        what is on disk, exit with status 130."""
+        what is on disk, exit with status 130. ``gather``: every process stops here (see save)."""
         st = self.state
         if save and self._saved_key != self._state_key():
             try:
-                self.save("last.pt")
+                self.save("last.pt", gather=gather)
             except KeyboardInterrupt:  # another Ctrl-C, held until the write ended
                 pass
         last = self.run_dir / "last.pt"
@@ -373,7 +429,7 @@ class Trainer:
         point after a Ctrl-C: between two iterations, without fetching another batch."""
         args, st = self.args, self.state
         self.model.train()
-        self.train_set.epoch = st.epoch
+        self.train_set.epoch = st.epoch  # (the sampler hands the epoch to the persistent workers with each index)
         self.train_loader.sampler.set_epoch(st.epoch, skip=st.batch_in_epoch * args.batch_size)
         n_batches = len(self.train_loader) + st.batch_in_epoch
         bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{args.epochs}",
@@ -389,7 +445,7 @@ class Trainer:
                     break
                 except Exception:
                     if self.interrupt.requested:  # a DataLoader worker that the same Ctrl-C stopped
-                        raise _StopRequested from None
+                        raise _StopRequested(agreed=self._flag_group is None) from None
                     raise
                 if self._flag_group is None and self.interrupt.requested:  # (one process: no need to agree)
                     raise _StopRequested  # a Ctrl-C while the batch was loaded: it is not used
@@ -422,11 +478,25 @@ class Trainer:
         self._updating = False
 
     def step(self, images, targets) -> dict | None:
-        """One optimisation step; None when the loss was not finite (step skipped). From here until
-        train_epoch has counted and logged it, the iteration is under way (``_updating``)."""
+        """One optimisation step; None when it was skipped: a non-finite loss (on any process),
+        or, under fp16, inf / NaN gradients that the GradScaler refuses (its scale backs off). A
+        skipped step leaves the weights, the schedule, the EMA and ``state.iteration`` as they
+        were. From here until train_epoch has counted and logged it, the iteration is under way
+        (``_updating``).
+
+        Whether the step is applied is decided once, after the backward pass, from one small
+        flag tensor (``_agree``): one host sync and no collective on one process; under DDP one
+        all_reduce, so that every process skips or applies the same steps. The backward pass runs
+        even when a loss is not finite: under DDP it averages the gradients, a collective that
+        every process must enter (one process skipping it alone left the others waiting for
+        ever); a non-finite loss makes every gradient NaN, which is then dropped everywhere."""
         args, st = self.args, self.state
         self._updating = True
+        criterion = self.model.criterion
         try:
+            # DDP: the loss normaliser is the positive count averaged over processes (an all_reduce
+            # inside the loss, turned on for this forward only; see Criterion.sync_normalizer)
+            criterion.sync_normalizer = self._flag_group is not None
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 losses = self.step_module(images, targets)
         except torch.OutOfMemoryError:
@@ -434,46 +504,94 @@ class Trainer:
                 f"out of memory at iteration {st.iteration}: lower --batch-size (now {args.batch_size}) or "
                 f"--img-size (now {args.img_size}), use --amp bf16 / fp16, a smaller --backbone, or fewer --workers"
             ) from None
+        finally:
+            criterion.sync_normalizer = False
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
-            st.bad_steps += 1
-            print(f"warning: non-finite loss at iteration {st.iteration} (components: {', '.join(bad)}); "
-                  f"step skipped ({st.bad_steps} in a row)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.scaler.is_enabled() or args.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)  # fp16: also notes inf / NaN gradients, on the device
+        if args.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+        local_bad, any_bad, found_inf = self._agree(loss)
+        diagnostics = getattr(criterion, "diagnostics", {})
+        grad_ratio = diagnostics.pop("grad_ratio", None)  # measured by a hook during this backward pass
+        if any_bad:
+            self.scaler.update()  # fp16: forget this step's gradients (the scale backs off); else nothing
             self.optimizer.zero_grad(set_to_none=True)
+            bad = [k for k, v in losses.items() if not torch.isfinite(v).all()] if local_bad else []
+            st.bad_steps += 1
+            if self._flag_group is None:
+                print(f"warning: non-finite loss at iteration {st.iteration} (components: {', '.join(bad)}); "
+                      f"step skipped ({st.bad_steps} in a row)")
+            elif local_bad:
+                print(f"warning: non-finite loss at iteration {st.iteration} on rank {get_rank()} (components: "
+                      f"{', '.join(bad)}); step skipped by every process ({st.bad_steps} in a row)")
+            elif is_main():
+                print(f"warning: non-finite loss at iteration {st.iteration} on another process; step skipped by "
+                      f"every process ({st.bad_steps} in a row)")
             if st.bad_steps >= args.max_bad_steps:
                 newest = self._last_checkpoint()
                 saved = (f"The last good checkpoint is {newest}." if newest is not None else
                          f"No checkpoint was written yet ({self.run_dir / 'last.pt'} does not exist).")
+                where = f"components {', '.join(bad)}" if bad else "on another process"
                 raise TrainingError(
-                    f"{st.bad_steps} consecutive non-finite losses (last at iteration {st.iteration}, components "
-                    f"{', '.join(bad)}); stopped. {saved} Lower --lr, raise --warmup-iters, set --clip-grad, "
+                    f"{st.bad_steps} consecutive non-finite losses (last at iteration {st.iteration}, {where}); "
+                    f"stopped. {saved} Lower --lr, raise --warmup-iters, set --clip-grad, "
                     f"or check the data with python -m minidet.data.check")
             return None
         st.bad_steps = 0
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if args.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
-        self.scaler.step(self.optimizer)
+        if found_inf:  # fp16: inf / NaN gradients; the GradScaler skips the step and lowers its scale
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        # the gradients are unscaled and known to be finite: scaler.step(optimizer) would only check
+        # that again (a second host sync) before calling optimizer.step()
+        self.optimizer.step()
         self.scaler.update()
-        diagnostics = getattr(self.model.criterion, "diagnostics", {})
-        if "grad_ratio" in diagnostics:  # measured by a hook during this backward pass
-            losses = {**losses, "grad_ratio": torch.tensor(diagnostics.pop("grad_ratio"))}
+        if grad_ratio is not None:
+            losses = {**losses, "grad_ratio": torch.tensor(grad_ratio)}
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         st.iteration += 1
         return {k: v.detach() for k, v in losses.items()}
 
+    def _agree(self, loss: torch.Tensor) -> tuple[bool, bool, bool]:
+        """-> (this process's loss is not finite, some process's loss is not finite, inf / NaN
+        gradients under fp16), from one flag tensor [loss not finite, GradScaler's found_inf per
+        device...] built on the device.
+
+        One process: read with one host sync, no collective. DDP: copied to the host (the one
+        sync), this process's Ctrl-C flag appended, and MAX-reduced over processes with one
+        all_reduce on the gloo flag group (MAX of "not finite" = MIN of "finite"): every process
+        gets the same answer. That all_reduce is the iteration's stop check as well: its Ctrl-C
+        entry is kept for the check before the next iteration (``_stop_requested``)."""
+        flags = [(~torch.isfinite(loss.detach())).reshape(1).float()]
+        if self.scaler.is_enabled():  # filled by unscale_ (a private GradScaler accessor, stable since torch 1.6)
+            flags += [f.reshape(1).to(flags[0].device, torch.float32)
+                      for f in self.scaler._found_inf_per_device(self.optimizer).values()]
+        flags = torch.cat(flags)
+        if self._flag_group is None:
+            values = flags.tolist()  # the step's one host sync
+            return bool(values[0]), bool(values[0]), any(values[1:])
+        host = flags.cpu()  # the step's one host sync
+        local_bad = bool(host[0])
+        host = torch.cat([host, torch.tensor([float(self.interrupt.requested)])])
+        dist.all_reduce(host, op=dist.ReduceOp.MAX, group=self._flag_group)
+        values = host.tolist()
+        self._agreed_stop = bool(values[-1])
+        return local_bad, bool(values[0]), any(values[1:-1])
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         """The 12 COCO stats of the (EMA) model on the validation split: every process predicts
-        its shard, the detections are gathered over processes (``gather_objects``) and scored
-        against the dataset's own ground truth by ``evaluate_detector``, the function
-        ``python -m minidet.eval --weights`` uses. ``self.last_evaluation`` keeps the full result
-        (including the COCO results list that was scored).
+        its shard, the detections are gathered to rank 0, which alone scores them against the
+        dataset's own ground truth, and its stats are broadcast to the others
+        (``evaluate_detector``, the function ``python -m minidet.eval --weights`` uses): every
+        process returns the same stats (best.pt decisions agree). ``self.last_evaluation``
+        keeps the full result on rank 0 (including the COCO results list that was scored), the
+        stats only on the others.
 
         A Ctrl-C during it lets it finish; the flag is checked after it: inside ``fit`` the loop
         then saves last.pt and stops, on its own (the final evaluation of python -m minidet.train)
@@ -486,7 +604,7 @@ class Trainer:
             try:
                 self.last_evaluation: DetectorEvaluation = evaluate_detector(
                     model, self.val_set, self.val_loader, self.device,
-                    progress=is_main() and not self.args.quiet, desc="val")
+                    progress=is_main() and not self.args.quiet, desc="val", amp_dtype=getattr(self, "amp_dtype", None))
             except Exception:
                 if not flag.requested:
                     raise
@@ -503,8 +621,8 @@ class Trainer:
         return self.interrupt
 
     def _evaluation_interrupted(self) -> NoReturn:
-        if getattr(self, "_in_fit", False):
-            raise _StopRequested  # fit saves last.pt with the evaluation still pending
+        if getattr(self, "_in_fit", False):  # fit saves last.pt with the evaluation still pending
+            raise _StopRequested(agreed=getattr(self, "_flag_group", None) is None)
         if is_main():
             run_dir = getattr(self, "run_dir", None)
             newest = self._last_checkpoint() if run_dir is not None else None

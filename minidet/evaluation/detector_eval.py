@@ -2,7 +2,8 @@
 train-time validation (``Trainer.evaluate``) share.
 
 1. Every process predicts its share of the images (``predict_detections``; boxes in original
-   image pixels), the detections are gathered over processes (``gather_objects``) and put in
+   image pixels), the detections are gathered to rank 0 (``gather_to_main``), which alone
+   scores them (steps 2 and 3) and broadcasts the stats to the other processes; they are put in
    dataset order (the first prediction of an image id counts).
 2. They become a COCO results list (``results_from_detections``: ``category_id =
    dataset.category_ids[label]``, bbox xywh, score; full-precision floats) and are scored against
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..engine.distributed import gather_objects
+from ..engine.distributed import broadcast_from_main, gather_to_main, is_main, world_size
 from .coco import ap_per_iou, evaluate_boxes, load_coco_boxes, per_class_ap
 from .lrp import lrp_from_boxes
 from .voc import VOCEvaluator
@@ -109,13 +110,15 @@ def coco_ground_truth(dataset: DetectionDataset) -> dict:
 
 @torch.no_grad()
 def predict_detections(model: nn.Module, loader: Iterable, device: torch.device, progress: bool = False,
-                       desc: str = "eval") -> list[ImageDetections]:
-    """Run ``model.predict`` over ``loader`` (this process's images) -> one entry per image, boxes
-    unletterboxed to original pixels (float32 predictions held as float64)."""
+                       desc: str = "eval", amp_dtype: torch.dtype | None = None) -> list[ImageDetections]:
+    """Run ``model.predict`` over ``loader`` (this process's images; under autocast to
+    ``amp_dtype`` when given, as the model trains) -> one entry per image, boxes unletterboxed to
+    original pixels (the heads' float32 outputs held as float64)."""
     out: list[ImageDetections] = []
     for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stdout, leave=False):
-        dets = model.predict(images.to(device), [t["image_size"] for t in targets], [t["scale"] for t in targets],
-                             [t["orig_size"] for t in targets])
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            dets = model.predict(images.to(device, non_blocking=True), [t["image_size"] for t in targets],
+                                 [t["scale"] for t in targets], [t["orig_size"] for t in targets])
         for d, t in zip(dets, targets, strict=True):
             out.append((_plain(t["image_id"]), d["boxes"].detach().cpu().double().numpy().reshape(-1, 4),
                         d["scores"].detach().cpu().double().numpy().reshape(-1),
@@ -179,14 +182,41 @@ def evaluate_detections(dataset: DetectionDataset, detections: Iterable[ImageDet
     return out
 
 
-def evaluate_detector(model: nn.Module, dataset: DetectionDataset, loader: Iterable, device: torch.device, metrics: Sequence[str] = ("coco",),
-                      progress: bool = False, desc: str = "eval") -> DetectorEvaluation:
-    """Predict this process's share of ``dataset`` (``loader`` over it), gather the detections of
-    all processes (``gather_objects``; every process gets the same evaluation) and evaluate them."""
+def evaluate_detector(model: nn.Module, dataset: DetectionDataset, loader: Iterable, device: torch.device,
+                      metrics: Sequence[str] = ("coco",), progress: bool = False, desc: str = "eval",
+                      amp_dtype: torch.dtype | None = None) -> DetectorEvaluation:
+    """Predict this process's share of ``dataset`` (``loader`` over it) and evaluate the
+    detections of all processes.
+
+    One process: evaluates its detections. Under torch.distributed (a collective: every process
+    calls it): the detections are gathered to rank 0 (``gather_to_main``), rank 0 alone
+    evaluates them and broadcasts the result's small parts; every process returns the same
+    ``stats`` (and ``images``, ``class_names``, ``lrp``, ``voc``), the others with empty
+    ``precision`` / ``recall`` and no ``results``. When rank 0's evaluation fails, it raises its
+    error and the others a RuntimeError saying so: no process is left waiting."""
     t0 = time.perf_counter()
-    local = predict_detections(model, loader, device, progress, desc)
+    local = predict_detections(model, loader, device, progress, desc, amp_dtype)
     seconds = time.perf_counter() - t0
-    gathered = [d for part in gather_objects(local) for d in part]
-    out = evaluate_detections(dataset, gathered, metrics)
+    if world_size() == 1:
+        out = evaluate_detections(dataset, local, metrics)
+        out.seconds = seconds
+        return out
+    parts = gather_to_main(local)  # None except on rank 0
+    out, error, summary = None, None, None
+    if is_main():
+        try:
+            out = evaluate_detections(dataset, [d for part in parts for d in part], metrics)
+            summary = {"stats": out.stats, "images": out.images, "class_names": out.class_names, "lrp": out.lrp,
+                       "voc": out.voc}
+        except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised here
+            error, summary = err, {"error": f"{type(err).__name__}: {err}"}
+    summary = broadcast_from_main(summary)
+    if error is not None:
+        raise error
+    if "error" in summary:
+        raise RuntimeError(f"the evaluation on rank 0 failed ({summary['error']})")
+    if out is None:
+        out = DetectorEvaluation(summary["stats"], np.zeros(0), np.zeros(0), [], summary["class_names"],
+                                 images=summary["images"], lrp=summary["lrp"], voc=summary["voc"])
     out.seconds = seconds
     return out

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..boxes import use_device_path
 from .reduction import as_float32, reduce_loss
 
 __all__ = [
@@ -93,25 +94,35 @@ def sigmoid_focal_loss(
     return reduce_loss(loss, weight, reduction)
 
 
-_FOCAL_CHUNK = 1 << 20  # elements per chunk: the temporaries stay in cache
+_FOCAL_CHUNK = 1 << 20  # elements per chunk (CPU form): the temporaries stay in cache
 
 
 class _FocalFromLabels(torch.autograd.Function):
     """Sigmoid focal loss summed over [N, C] logits with one-hot targets given as labels.
 
-    Works chunk by chunk and writes the analytic gradient straight into one buffer, so no
-    [N, C] target tensor or autograd temporaries exist. With q = 1 - p_t and
-    ce = -log p_t: loss = alpha_t q^gamma ce and d loss / d x = (1 - 2t) alpha_t q^gamma
-    (q + gamma (1 - q) ce). Every entry is first treated as a negative (t = 0); the few
-    positive entries (one per row at most) are then corrected in place.
+    Writes the analytic gradient straight into one buffer, so no [N, C] target tensor or
+    autograd temporaries exist. With q = 1 - p_t and ce = -log p_t: loss = alpha_t q^gamma ce
+    and d loss / d x = (1 - 2t) alpha_t q^gamma (q + gamma (1 - q) ce). Every entry is first
+    treated as a negative (t = 0); the few positive entries (one per row at most) are then
+    corrected in place.
+
+    Two forms (``minidet.boxes.use_device_path``): on the CPU, chunk by chunk so that the
+    temporaries stay in cache, finding the dropped rows and the positives with ``nonzero``; on an
+    accelerator, unchunked and without host syncs (the positives are corrected with a gather /
+    scatter over every row, masked). The gradients are the same float operations element by
+    element; the loss is the same sum, accumulated in float64 instead of float32 chunk dots.
     """
 
     @staticmethod
     def forward(ctx, logits, labels, weight, alpha: float, gamma: float):
+        a_neg, a_pos = (1.0 - alpha, alpha) if alpha >= 0 else (1.0, 1.0)
+        if use_device_path(logits.device):
+            total, grad = _focal_from_labels_unchunked(logits, labels, weight, a_neg, a_pos, gamma)
+            ctx.grad = grad
+            return total
         n, c = logits.shape
         grad = torch.empty_like(logits)
         total = torch.zeros((), dtype=torch.float64, device=logits.device)
-        a_neg, a_pos = (1.0 - alpha, alpha) if alpha >= 0 else (1.0, 1.0)
         binary_weight = bool(((weight == 0) | (weight == 1)).all())
         rows = max(1, _FOCAL_CHUNK // max(c, 1))
         for s in range(0, n, rows):
@@ -139,7 +150,7 @@ class _FocalFromLabels(torch.autograd.Function):
                 ce1 = F.softplus(-xp)  # -log p
                 mod1 = _pow(q, gamma) * (w[r] * a_pos)
                 neg_sum = neg_sum + torch.dot(mod1, ce1)
-                g[r, k] = -mod1 * (q + gamma * (1 - q) * ce1)
+                g[r, k] = (-mod1 * (q + gamma * (1 - q) * ce1)).to(g.dtype)
             total += neg_sum.double()
         ctx.grad = grad  # an attribute, not a saved tensor: backward hands it over without a copy
         return total.float()
@@ -152,6 +163,45 @@ class _FocalFromLabels(torch.autograd.Function):
             raise RuntimeError("sigmoid_focal_loss_from_labels supports one backward pass per forward")
         ctx.grad = None
         return grad.mul_(grad_out.to(grad.dtype)), None, None, None, None
+
+
+def _focal_from_labels_unchunked(logits: Tensor, labels: Tensor, w: Tensor, a_neg: float, a_pos: float,
+                                 gamma: float) -> tuple[Tensor, Tensor]:
+    """The accelerator form of ``_FocalFromLabels.forward``: (loss, gradient buffer) with the
+    chunked form's element-wise operations, on the whole [N, C] at once and without host syncs.
+    The sums are taken in float64 (one float32 dot over ~10^8 terms would lose ~1e-4)."""
+    n, c = logits.shape
+    if c == 0:
+        return torch.zeros((), device=logits.device), torch.zeros_like(logits)
+    x = logits.float()
+    p = torch.sigmoid(x)
+    ce = F.softplus(x)  # -log(1 - p): every entry taken as a negative first
+    mod = _pow(p, gamma)
+    # The CPU form zeroes the dropped rows when every weight is 0 or 1 and multiplies by the
+    # weight otherwise; both at once, decided on the device: mod * w, then exact zeros where
+    # w == 0 if the weights are binary (mod * 1 == mod exactly).
+    binary = ((w == 0) | (w == 1)).all()
+    mod.mul_(w[:, None]).masked_fill_(((w == 0) & binary)[:, None], 0)
+    # Positives: one entry per row at most (column k of row i where valid), gathered densely.
+    valid = (labels >= 0) & (labels < c) & (w != 0)
+    k = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+    zero = torch.zeros((), dtype=mod.dtype, device=mod.device)
+    xp = x.gather(1, k).squeeze(1)
+    neg_at_pos = torch.where(valid, mod.gather(1, k).squeeze(1) * ce.gather(1, k).squeeze(1), zero)
+    q = torch.sigmoid(-xp)  # 1 - p
+    ce1 = torch.where(valid, F.softplus(-xp), zero)  # -log p
+    mod1 = torch.where(valid, _pow(q, gamma) * (w * a_pos), zero)
+    # gradient of a negative: a_neg p^gamma (p + gamma (1 - p) ce), written into one buffer
+    g = (1 - p).mul_(ce).mul_(gamma * a_neg).add_(p, alpha=a_neg)
+    del p
+    grad = torch.mul(g, mod, out=g if logits.dtype == g.dtype else torch.empty_like(logits))
+    del g
+    g_pos = (-mod1 * (q + gamma * (1 - q) * ce1)).to(grad.dtype)
+    grad.scatter_(1, k, torch.where(valid, g_pos, grad.gather(1, k).squeeze(1))[:, None])
+    # loss: every entry as a negative, minus that term at the positives, plus their own term
+    total = ce.mul_(mod).sum(dtype=torch.float64) * a_neg
+    total = total - neg_at_pos.sum(dtype=torch.float64) * a_neg + torch.sum(mod1 * ce1, dtype=torch.float64)
+    return total.float(), grad
 
 
 def _pow(x: Tensor, gamma: float) -> Tensor:
@@ -177,8 +227,9 @@ def sigmoid_focal_loss_from_labels(
     logits [N, C]; labels [N]: the positive class of each row, or any value outside 0..C-1
     (e.g. -1) for an all-negative row; weight [N] per row (0 drops a row, e.g. an ignored
     anchor). Equals ``sigmoid_focal_loss(logits, one_hot(labels) * weight, ..., "sum")``
-    but builds no [N, C] target and computes in cache-sized chunks with an analytic
-    gradient. gamma = 0 with alpha < 0 is the plain binary cross-entropy sum.
+    but builds no [N, C] target and has an analytic gradient: on the CPU in cache-sized
+    chunks, on an accelerator in one pass without host syncs (``_FocalFromLabels``).
+    gamma = 0 with alpha < 0 is the plain binary cross-entropy sum.
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")

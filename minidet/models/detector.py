@@ -84,7 +84,17 @@ class PostProcess:
 
 
 class Detector(nn.Module):
-    """A detector of one family: images -> HeadOutput, plus loss() and predict()."""
+    """A detector of one family: images -> HeadOutput, plus loss() and predict().
+
+    The criterion is held beside the network, not inside it (DETR's ``model, criterion,
+    postprocessors``): ``model.criterion`` is not a registered submodule, so the model's
+    parameters, buffers and ``state_dict()`` are the network's alone — what the EMA averages,
+    what inference checkpoints and fine-tuning carry. The loss state (the positive normaliser,
+    ALWA / self-balance records, the uncertainty weighting's parameters) travels separately
+    (``model.criterion.state_dict()``; the trainer saves it as "criterion" and gives its
+    parameters to the optimizer). ``.to()`` / ``.cuda()`` / ``.train()`` reach the criterion too,
+    and loading an older state dict that still holds "criterion.*" entries routes them to it.
+    """
 
     def __init__(self, family: str, backbone: nn.Module, neck: nn.Module | None, head: nn.Module,
                  priors, coder, criterion: nn.Module, postprocess: PostProcess, num_classes: int,
@@ -93,14 +103,38 @@ class Detector(nn.Module):
         self.family = family
         self.backbone, self.neck, self.head = backbone, neck, head
         self.prior_generator, self.coder = priors, coder
-        self.criterion, self.postprocess = criterion, postprocess
+        object.__setattr__(self, "criterion", criterion)  # beside the network, not registered (see above)
+        self.postprocess = postprocess
         self.num_classes = num_classes
         self.config = dict(config or {})
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._register_load_state_dict_pre_hook(self._route_criterion_state, with_module=False)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if isinstance(self.criterion, nn.Module):
+            self.criterion._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if isinstance(self.criterion, nn.Module):
+            self.criterion.train(mode)
+        return self
+
+    def _route_criterion_state(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                               error_msgs) -> None:
+        """State dicts saved while the criterion was a submodule: its entries go to the criterion."""
+        mine = [k for k in state_dict if k.startswith(prefix + "criterion.")]
+        if not mine:
+            return
+        routed = {k[len(prefix + "criterion."):]: state_dict.pop(k) for k in mine}
+        if isinstance(self.criterion, nn.Module):
+            self.criterion.load_state_dict(routed, strict=False)
 
     def features(self, images: Tensor) -> list[Tensor]:
         x = (images - self.mean) / self.std
