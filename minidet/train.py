@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="mixed precision: --amp (float16 + GradScaler, CUDA) or --amp bf16")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     a("--workers", type=_workers, help="DataLoader processes per training process, or 'auto' (default: on CPU "
-      "one worker when the process has 2+ cores, the other cores for the network's threads; on CUDA up to 8)")
+      "none up to 2 cores, else cores / 4, the other cores for the network's threads; on CUDA up to 8)")
     a("--sync-bn", **flag, help="SyncBatchNorm across processes (DDP)")
     a("--channels-last", **flag, help="run the network in channels-last memory format (faster convolutions on "
       "recent GPUs with AMP; default off)")

@@ -1,14 +1,16 @@
 """How many intra-op threads and DataLoader worker processes a training process uses.
 
-Measured on a 2-core machine (eval/README.md, "CPU threads and workers"): torch's default of
-one OpenMP thread per core plus DataLoader workers that render and augment at the same time
-oversubscribe the cores, and an OpenMP team with a thread descheduled waits at every barrier —
-runs were several times slower whenever anything else ran. The rule:
+Measured on the project's 2-core machine (eval/README.md, "CPU threads and workers": the
+no-flag model, 2 epochs of 640 shapes images, wall clock): 2 threads + 0 workers 20.4 s,
+2 + 1 23.3 s, 2 + 2 22.0 s, 1 + 1 27.9 s, 1 + 0 27.1 s. With the shapes renders cached the data
+pipeline is a small part of a step, so on 2 cores both cores go to the network's threads and
+loading happens in the main process; a worker process would only take a core from the
+convolutions. OpenCV stays single-threaded in every process (its own pool competes with
+torch's). The rule:
 
-- CPU training: the process's cores (affinity, shared among the local processes under torchrun)
-  are split into one DataLoader worker (when there are at least 2 cores; its augmentation runs
-  beside the network) and intra-op threads for the rest; OpenCV stays single-threaded in every
-  process (its thread pool would compete with both).
+- CPU training: ``cores`` = the process's cores (CPU affinity, shared among the local processes
+  under torchrun); up to 2 cores: no worker, ``cores`` threads; more: ``cores // 4`` workers
+  (at most 4; not measured here) and the remaining cores as threads.
 - CUDA training: up to 8 workers, one core kept for the main process; threads as torch chose.
 - ``--workers N`` and ``OMP_NUM_THREADS`` (or ``torch.set_num_threads`` before training) win.
 """
@@ -42,8 +44,8 @@ def plan_cpu_use(device: torch.device, workers: int | str | None, local_world_si
         n_workers = min(8, max(1, cores - 1)) if auto else int(workers)
         threads = torch.get_num_threads()
     else:
-        n_workers = (1 if cores >= 2 else 0) if auto else int(workers)
-        threads = max(1, cores - min(n_workers, 1))
+        n_workers = (0 if cores <= 2 else min(4, cores // 4)) if auto else int(workers)
+        threads = max(1, cores - n_workers) if auto else max(1, cores - min(n_workers, 1))
     if "OMP_NUM_THREADS" in os.environ:
         threads = torch.get_num_threads()
     if apply:
