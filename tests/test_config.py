@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import interrupt_at
 
 from minidet.configuration import OPTIMIZER_DEFAULTS, effective_lr, resolve
 from minidet.engine.checkpoint import load_checkpoint
@@ -33,14 +34,7 @@ def losses(run: Path) -> list[float]:
 def test_resume_rebuilds_the_same_run(tmp_path, monkeypatch, family_flags):
     args = [*TINY, *family_flags, "--epochs", "2"]
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
-    original = Trainer.step
-
-    def killed(self, images, targets):  # Ctrl-C after 3 iterations (mid-epoch 1)
-        if self.state.iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, images, targets)
-
-    monkeypatch.setattr(Trainer, "step", killed)
+    original = interrupt_at(monkeypatch, 3)  # Ctrl-C after 3 iterations (mid-epoch 1)
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "cut")])
     monkeypatch.setattr(Trainer, "step", original)

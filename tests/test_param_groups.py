@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
+from train_helpers import interrupt_at
 
 from minidet.engine import trainer as trainer_module
 from minidet.engine.checkpoint import load_checkpoint
@@ -207,14 +208,7 @@ def test_a_run_started_with_one_group_resumes_with_one_group(tmp_path, monkeypat
     monkeypatch.setattr(trainer_module, "build_optimizer",
                         lambda model, args, grouped=True: build_optimizer(model, args, grouped=False))
     assert main([*TINY, "--out", str(tmp_path / "old")]) == 0
-    original = Trainer.step
-
-    def cut(self, images, targets):
-        if self.state.iteration == 5:
-            raise KeyboardInterrupt
-        return original(self, images, targets)
-
-    monkeypatch.setattr(Trainer, "step", cut)
+    interrupt_at(monkeypatch, 5)
     with pytest.raises(SystemExit):
         main([*TINY, "--out", str(tmp_path / "cut")])
     assert len(load_checkpoint(tmp_path / "cut" / "last.pt")["optimizer"]["param_groups"]) == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import interrupt_at
 
 from minidet.engine.checkpoint import load_checkpoint
 from minidet.engine.trainer import Trainer
@@ -48,14 +49,7 @@ def test_resume_repeats_the_uninterrupted_losses(tmp_path, monkeypatch):
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
     full = [r["loss"] for r in records(tmp_path / "full")]
 
-    original = Trainer.step
-
-    def killed(self, images, targets):  # Ctrl-C after 5 iterations (mid-epoch 2)
-        if self.state.iteration == 5:
-            raise KeyboardInterrupt
-        return original(self, images, targets)
-
-    monkeypatch.setattr(Trainer, "step", killed)
+    original = interrupt_at(monkeypatch, 5)  # Ctrl-C after 5 iterations (mid-epoch 2)
     with pytest.raises(SystemExit) as stop:
         main([*args, "--out", str(tmp_path / "cut")])
     assert stop.value.code == 130
