@@ -218,3 +218,30 @@ def test_a_run_started_with_one_group_resumes_with_one_group(tmp_path, monkeypat
     assert "continues that way" in capsys.readouterr().out
     assert losses(tmp_path / "cut") == losses(tmp_path / "old")
     assert len(load_checkpoint(tmp_path / "cut" / "last.pt")["optimizer"]["param_groups"]) == 1
+
+
+def test_gradient_clipping_sees_the_loss_parameters(tmp_path, monkeypatch):
+    """The criterion lives beside the network: clipping must still include its parameters."""
+    seen = {}
+    original = nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        seen["ids"] = {id(p) for p in params}
+        return original(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.nn.utils, "clip_grad_norm_", spy)
+    caught = {}
+    init = Trainer.__init__
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        caught["trainer"] = self
+
+    monkeypatch.setattr(Trainer, "__init__", keep)
+    assert main([*TINY, "--epochs", "1", "--weighting", "uncertainty", "--clip-grad", "10",
+                 "--out", str(tmp_path / "run")]) == 0
+    model = caught["trainer"].model
+    log_vars = {id(p) for p in model.criterion.parameters()}
+    assert log_vars and log_vars <= seen["ids"]
+    assert {id(p) for p in model.parameters() if p.requires_grad} <= seen["ids"]

@@ -46,7 +46,7 @@ from .checkpoint import remove_stale_temp_files, save_checkpoint
 from .distributed import gather_to_main, get_rank, is_main, world_size
 from .ema import ModelEMA
 from .logger import RunLogger
-from .optim import build_optimizer
+from .optim import build_optimizer, trainable_parameters
 from .resources import plan_cpu_use
 from .schedule import build_scheduler
 
@@ -215,6 +215,7 @@ class Trainer:
                                                    size_divisor=divisor), val_set.report, "val data")
                            if val_set else None)
         self.optimizer = build_optimizer(model, args)  # decay for conv / linear weights only (see parameter_groups)
+        self._trainable = trainable_parameters(model)  # what the optimizer updates (and clipping sees)
         self.total_iters = args.epochs * len(self.train_loader)
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, args.warmup_iters, args.schedule,
                                          lr_step_fractions(vars(args)))
@@ -512,7 +513,7 @@ class Trainer:
         if self.scaler.is_enabled() or args.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)  # fp16: also notes inf / NaN gradients, on the device
         if args.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+            nn.utils.clip_grad_norm_(self._trainable, args.clip_grad)  # the network's and the loss's
         local_bad, any_bad, found_inf = self._agree(loss)
         diagnostics = getattr(criterion, "diagnostics", {})
         grad_ratio = diagnostics.pop("grad_ratio", None)  # measured by a hook during this backward pass
