@@ -3,10 +3,12 @@ machine: wall clock, training images/s and the final COCO AP of each, and the ra
 
     python eval/bench_train.py                          # vs da22694 (before the engine work)
     python eval/bench_train.py --baseline HEAD~3 --epochs 3 --shapes-images 800   # shorter
+    python eval/bench_train.py --baseline d57e3be --current HEAD -- --data data/deepforest   # custom data
 
 The baseline is checked out with ``git worktree`` into a temporary folder and run there with
 ``python -m minidet.train`` exactly as a user would (its own defaults: threads, workers); then
-this checkout runs the same command. Each run is the whole process (start-up, data, training,
+this checkout (or ``--current COMMIT``, checked out the same way: the working tree can then change
+while it runs) runs the same command. Each run is the whole process (start-up, data, training,
 evaluations) timed from outside. Extra arguments after ``--`` go to both runs.
 """
 
@@ -20,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +39,8 @@ def run_training(code: Path, out: Path, flags: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{code}: training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"seconds": seconds, "summary": summary}
+    config = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    return {"seconds": seconds, "summary": summary, "batch": config.get("batch_size"), "log": proc.stdout}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,36 +51,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default="da22694", help="commit to compare with (default: before the engine work)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of both runs (default: the no-flag 12)")
     p.add_argument("--shapes-images", type=int, default=None, help="training images (default: the no-flag 2000)")
+    p.add_argument("--current", default=None, help="commit to run as 'current' (default: this working tree)")
     p.add_argument("--order", default="baseline,current", help="which run first")
+    p.add_argument("--logs", default=None, help="folder to keep both runs' stdout and run folders in")
     args = p.parse_args(argv)
     flags = list(extra)
     if args.epochs is not None:
         flags += ["--epochs", str(args.epochs)]
     if args.shapes_images is not None:
         flags += ["--shapes-images", str(args.shapes_images)]
-    images = (args.shapes_images or 2000) * (args.epochs or 12)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        worktree = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline],
-                       check=True, capture_output=True)
+        keep = Path(args.logs) if args.logs else Path(tmp)
+        trees = {"baseline": (Path(tmp) / "baseline", args.baseline)}
+        if args.current:
+            trees["current"] = (Path(tmp) / "current", args.current)
+        for path, commit in trees.values():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit],
+                           check=True, capture_output=True)
         try:
-            codes = {"baseline": worktree, "current": ROOT}
+            codes = {"baseline": trees["baseline"][0], "current": trees.get("current", (ROOT,))[0]}
             for name in args.order.split(","):
                 print(f"running {name} ({codes[name]}) ...", flush=True)
-                results[name] = run_training(codes[name], Path(tmp) / f"run-{name}", flags)
+                results[name] = run_training(codes[name], keep / f"run-{name}", flags)
+                if args.logs:
+                    (keep / f"run-{name}.log").write_text(results[name]["log"])
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
-                           capture_output=True)
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
+            for path, _ in trees.values():
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                               capture_output=True)
+    head = args.current or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                          capture_output=True, text=True).stdout.strip() + " + working tree"
     print(f"\n`python -m minidet.train {' '.join(flags)}` on {os.cpu_count()} CPU cores "
-          f"(baseline {args.baseline}, current {head} + working tree)\n")
-    print("| code | wall clock | training images/s | AP | AP50 |")
-    print("|---|---|---|---|---|")
+          f"(baseline {args.baseline}, current {head})\n")
+    print("| code | wall clock | optimizer steps | training images/s | AP | AP50 |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
         final = r["summary"].get("final") or {}
-        print(f"| {name} | {r['seconds'] / 60:.2f} min | {images / r['seconds']:.1f} | "
+        steps = r["summary"].get("iterations", 0)
+        print(f"| {name} | {r['seconds'] / 60:.2f} min | {steps} | {steps * (r['batch'] or 0) / r['seconds']:.1f} | "
               f"{final.get('AP', float('nan')):.3f} | {final.get('AP50', float('nan')):.3f} |")
     ratio = results["baseline"]["seconds"] / results["current"]["seconds"]
     print(f"\nspeed-up (baseline wall clock / current wall clock): {ratio:.2f}x")

@@ -53,9 +53,11 @@ class Predictor:
         return self.predict_batch([image])[0]
 
 
-def load(weights: str | Path = DEFAULT_WEIGHTS, device: str = "cpu") -> Predictor:
-    """A Predictor from a minidet checkpoint (default: the shipped shapes RetinaNet)."""
-    model, ckpt = model_from_checkpoint(weights, map_location="cpu")
+def load(weights: str | Path = DEFAULT_WEIGHTS, device: str = "cpu", raw_weights: bool = False) -> Predictor:
+    """A Predictor from a minidet checkpoint (default: the shipped shapes RetinaNet), with the
+    weights training evaluated (a last.pt's EMA when the run kept one) unless ``raw_weights``
+    (``minidet.engine.checkpoint.checkpoint_weights``)."""
+    model, ckpt = model_from_checkpoint(weights, map_location="cpu", raw=raw_weights)
     dev = torch.device(device)
     model.to(dev).eval()
     return Predictor(model, model.class_names, ckpt.get("img_size") or 512, dev)

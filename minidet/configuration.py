@@ -19,6 +19,13 @@ The learning rate, momentum, weight decay and reference batch of a preset or rec
 its optimizer: when the run's optimizer differs, they are not used (``--optimizer sgd`` never
 inherits AdamW's settings). ``lr`` is for ``base_batch`` images; the optimizer uses ``lr *
 images per step (all processes) / base_batch`` (linear scaling; ``base_batch`` unset: as given).
+
+The run's length is ``epochs`` or ``iters`` (optimizer steps), one or the other: the highest
+layer that sets either decides (``--iters`` on the command line over a recipe's or the preset's
+``epochs``, ``--epochs`` with ``--resume`` over the saved ``iters``); the command line or a
+recipe giving both is an error. With ``iters`` the resolved ``epochs`` is None until the trainer
+derives it (ceil(iters / batches per epoch)); a saved configuration holding both (the derived
+``epochs``) counts as ``iters``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .engine.schedule import MIN_STEPS_FROM_SCRATCH
 from .models import TRAINING_DEFAULTS, family_options
 
 __all__ = ["ENGINE_DEFAULTS", "OPTIMIZER_DEFAULTS", "PRESETS", "MODEL_KEYS", "ConfigError", "resolve",
@@ -35,12 +43,18 @@ __all__ = ["ENGINE_DEFAULTS", "OPTIMIZER_DEFAULTS", "PRESETS", "MODEL_KEYS", "Co
 ENGINE_DEFAULTS: dict = {
     "preset": "small", "model": "retinanet", "backbone": "tiny", "pretrained": False, "data": "shapes",
     "format": None, "train_split": "train", "val_split": "val", "shapes_images": 2000, "lenient": False,
-    "epochs": 12, "batch_size": 16, "optimizer": "sgd", "schedule": "step", "lr_steps": None,
+    "epochs": 12, "iters": None, "batch_size": 16, "optimizer": "sgd", "schedule": "step", "lr_steps": None,
     "warmup_iters": 500, "clip_grad": 0.0, "ema": False, "amp": None, "device": None, "workers": "auto",
     "sync_bn": False, "out": None, "resume": None, "weights": None, "eval_interval": 1, "log_interval": 10,
     "max_bad_steps": 10, "diagnostics": False, "tensorboard": False, "seed": 0, "quiet": False,
-    "frozen_stages": None, "frozen_bn": None,
+    "frozen_stages": None, "frozen_bn": None, "anchors": None, "mosaic": None, "min_iters": None,
 }
+# --anchors / --mosaic unset: "auto" and CUSTOM_MOSAIC for custom data (any --data but the built-in
+# shapes), "default" and 0 for the shapes data (its preset anchors are tuned) and for runs saved
+# before these flags existed (they resume as they ran)
+ANCHOR_MODES = ("auto", "default")
+FITTED_ANCHOR_KEYS = ("anchor_sizes", "anchor_ratios")
+CUSTOM_MOSAIC = 0.5
 
 OPTIMIZER_DEFAULTS: dict = {
     # torchvision / detectron2 / mmdetection: 0.01 for 16 images, momentum 0.9, weight decay 1e-4
@@ -119,6 +133,13 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
     family = {k: v for k, v in family_options(model, backbone).items() if k in MODEL_KEYS[model]}
     if "head_norm" in family:
         family["head_norm"] = family["head_norm"] or "none"
+    old_run = bool(saved) and "anchors" not in saved  # saved before --anchors / --mosaic existed
+    custom = _first("data", [*top, preset, ENGINE_DEFAULTS]) not in (None, "shapes") and not old_run
+    anchors = _first("anchors", [*top, preset]) or ("auto" if custom else "default")
+    if anchors not in ANCHOR_MODES:
+        raise ConfigError(f"--anchors {anchors!r} is not an anchor mode; choose one of: {', '.join(ANCHOR_MODES)}")
+    if anchors == "auto":  # the fit replaces the preset's anchors (minidet.anchor_fit.fit_for_config)
+        preset = {k: v for k, v in preset.items() if k not in FITTED_ANCHOR_KEYS}
     layers = [flags, saved, _bound(recipe, optimizer), _bound(preset, optimizer), TRAINING_DEFAULTS[model], family,
               OPTIMIZER_DEFAULTS[optimizer], ENGINE_DEFAULTS]
     keys = dict.fromkeys(k for layer in reversed(layers) for k in layer)
@@ -129,7 +150,46 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
         cfg["frozen_stages"] = 2 if pretrained_resnet else 0
     if cfg["frozen_bn"] is None:  # ... and use frozen BatchNorm with them
         cfg["frozen_bn"] = pretrained_resnet
+    cfg["anchors"] = anchors
+    if cfg["mosaic"] is None:
+        cfg["mosaic"] = CUSTOM_MOSAIC if custom else 0.0
+    cfg["epochs"], cfg["iters"] = _run_length([("flags", flags), ("saved", saved), ("recipe", recipe),
+                                                ("preset", preset), ("defaults", ENGINE_DEFAULTS)])
+    if custom:
+        _custom_data_defaults(cfg, given=lambda k: _first(k, top) is not None)
     return cfg
+
+
+def _custom_data_defaults(cfg: dict, given) -> None:
+    """Custom ``--data`` (not the built-in shapes), for what the flags, a recipe or a resumed run
+    leave unset: ``img_size`` "auto" (``minidet.anchor_fit.suggest_img_size`` on the training
+    boxes, chosen when the data is read), ``eval_interval`` "auto" (about 10 evaluations per run)
+    and, from scratch, ``min_iters`` = ``MIN_STEPS_FROM_SCRATCH``: the preset's 12 epochs or that
+    many optimizer steps, whichever is longer (a small data set's 12 epochs are a few dozen)."""
+    if not given("img_size"):
+        cfg["img_size"] = "auto"
+    if not given("eval_interval"):
+        cfg["eval_interval"] = "auto"
+    from_scratch = not cfg["pretrained"] and not cfg.get("weights")
+    if from_scratch and not (given("epochs") or given("iters")) and cfg.get("min_iters") is None:
+        cfg["min_iters"] = MIN_STEPS_FROM_SCRATCH
+
+
+def _run_length(layers: list[tuple[str, Mapping]]) -> tuple[int | None, int | None]:
+    """(epochs, iters) from the highest layer that sets either (see the module docstring)."""
+    for name, layer in layers:
+        epochs, iters = layer.get("epochs"), layer.get("iters")
+        if epochs is not None and iters is not None:
+            if name == "flags":
+                raise ConfigError(f"--iters {iters} and --epochs {epochs} both set the run's length; give one of them")
+            if name == "recipe":
+                raise ConfigError(f"--config: the recipe sets both iters ({iters}) and epochs ({epochs}); keep one")
+            return None, iters  # a saved run: its epochs were derived from iters
+        if iters is not None:
+            return None, iters
+        if epochs is not None:
+            return epochs, None
+    return None, None
 
 
 def changes(saved: Mapping, cfg: Mapping) -> list[str]:
@@ -162,11 +222,16 @@ def effective_lr(cfg: Mapping, world_size: int = 1) -> float:
     return float(cfg["lr"]) * cfg["batch_size"] * world_size / cfg["base_batch"]
 
 
-def lr_step_fractions(cfg: Mapping) -> tuple[float, ...]:
+def lr_step_fractions(cfg: Mapping, batches_per_epoch: int | None = None) -> tuple[float, ...]:
     """Where the step schedule decays, as fractions of the run: ``lr_steps`` (epochs) / epochs;
-    unset: 8/12 and 11/12 (the 1x schedule's epochs 8 and 11 of 12, at any length)."""
+    unset: 8/12 and 11/12 (the 1x schedule's epochs 8 and 11 of 12, at any length). With
+    ``iters`` an ``lr_steps`` epoch s is iteration s x ``batches_per_epoch`` of the ``iters``."""
     if not cfg.get("lr_steps"):
         return (8 / 12, 11 / 12)
+    if cfg.get("iters"):
+        if batches_per_epoch is None:
+            raise ValueError("lr_step_fractions: a run given in iters needs batches_per_epoch")
+        return tuple(float(s) * batches_per_epoch / cfg["iters"] for s in cfg["lr_steps"])
     return tuple(float(s) / cfg["epochs"] for s in cfg["lr_steps"])
 
 

@@ -1,12 +1,17 @@
 """See a trained detector work: ``python -m minidet.demo`` (also ``minidet-demo``).
 
     python -m minidet.demo                                   # shipped weights on synthetic shapes
-    python -m minidet.demo --source photo.jpg --conf 0.4
+    python -m minidet.demo --source photo.jpg --conf 0.3    # also show less certain boxes
     python -m minidet.demo --source images/ --save-json --save-txt
     python -m minidet.demo --source clip.mp4                 # writes an annotated clip.mp4
     python -m minidet.demo --source 0 --show                 # camera 0 in a window
 
 Annotated images / video go to --out; one line per image reports the detections and latency.
+The default --conf 0.5 is for looking at the pictures (python -m minidet.eval keeps every box
+down to the model's own threshold, 0.05, as AP needs). Annotated images are drawn at a
+readable size: a short side under --draw-size px is enlarged to it (the long side at most 4096),
+images longer than 4096 px are shrunk to it, all others keep their size; --draw-size 0 draws at
+the original size. detections.json and --save-txt always use the original image's pixels.
 Image files are used as displayed, EXIF orientation applied (phone photos come out upright;
 see minidet/data/image_io.py): boxes, annotated images, detections.json and --save-txt labels
 all refer to the upright image.
@@ -27,11 +32,12 @@ import numpy as np
 import torch
 
 from .api import DEFAULT_WEIGHTS, load
+from .cli import HelpFormatter
 from .data.image_io import read_rgb, write_rgb
 from .data.problems import DataError
 from .data.voc import IMAGE_SUFFIXES
 from .engine.checkpoint import CheckpointError
-from .visualize import draw_detections
+from .visualize import DRAW_MIN_SIDE, draw_detections
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
@@ -42,14 +48,18 @@ class DemoError(RuntimeError):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minidet.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="checkpoint (default: the shipped shapes RetinaNet)")
+                                formatter_class=HelpFormatter)
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                   help="checkpoint (default: weights/retinanet_shapes.pt, the shipped shapes RetinaNet)")
     p.add_argument("--source", default="shapes", help="image file, folder, video file, camera index, or 'shapes'")
     p.add_argument("--num", type=int, default=6, help="images to generate for --source shapes")
     p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--conf", type=float, default=0.3, help="score threshold")
+    p.add_argument("--conf", type=float, default=0.5, help="score threshold of the boxes shown and saved, "
+                   "chosen for viewing; lower it to see less certain boxes")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the model's)")
     p.add_argument("--max-det", type=int, default=None, help="max detections per image (default: the model's)")
+    p.add_argument("--draw-size", type=int, default=DRAW_MIN_SIDE, help="annotated images: enlarge a smaller "
+                   "short side to this many px for drawing; 0 keeps the original size")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--show", action="store_true", help="show results in a window (needs an OpenCV build with GUI)")
     p.add_argument("--save-json", action="store_true", help="write detections.json (COCO results format)")
@@ -125,7 +135,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             det = predictor.predict(image)
             ms = (time.perf_counter() - t) * 1e3
-            drawn = draw_detections(image, det["boxes"], det["scores"], det["labels"], names)
+            drawn = draw_detections(image, det["boxes"], det["scores"], det["labels"], names,
+                                    min_side=args.draw_size or None)
             counts = Counter(det["names"])
             summary = ", ".join(f"{c} {k}" for k, c in counts.most_common()) or "nothing"
             print(f"{name}: {len(det['boxes'])} detections ({summary}) in {ms:.1f} ms")

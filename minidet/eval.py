@@ -15,7 +15,9 @@ gives the same 12 numbers. --metrics voc / voc07 add the VOC devkit's mAP@0.5 (d
 or COCO crowd regions, ignored), lrp adds oLRP.
 
 Prints the COCO table (and VOC mAP / LRP with --metrics) and, with --weights, a per-class AP
-table; writes metrics.json (and predictions.json with --weights) to --out. With --gt/--results,
+table; writes metrics.json (and, with --weights, predictions.json and the figures of
+minidet.evaluation.figures: pr_curves.png, confusion_matrix.png, val_labels.jpg,
+val_predictions.jpg) to --out. With --gt/--results,
 --backend pycocotools / faster-coco-eval runs that tool instead, after the same validation of the
 files (an unknown image or category id is a clear error, not the tool's assertion).
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import HelpFormatter
 from .configuration import ConfigError, check_device
 from .data import EvalTransform, build_dataset, build_loader
 from .data.problems import CountSkips, DataError
@@ -36,6 +39,7 @@ from .engine.checkpoint import CheckpointError, model_from_checkpoint
 from .evaluation import coco_evaluate, format_table
 from .evaluation.coco import ResultsError, load_coco_boxes
 from .evaluation.detector_eval import evaluate_detector
+from .evaluation.figures import write_evaluation_figures
 from .evaluation.lrp import lrp_from_boxes
 
 METRICS = ("coco", "voc", "voc07", "lrp")
@@ -43,7 +47,7 @@ METRICS = ("coco", "voc", "voc07", "lrp")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minidet.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--weights", help="checkpoint of a minidet model (model + config + class names)")
     p.add_argument("--data", default=None, help="dataset YAML, dataset folder or 'shapes' (default: the checkpoint's "
                    "training data if it recorded one, else shapes)")
@@ -59,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", default=None, nargs="?", const="fp16", choices=["fp16", "bf16"],
                    help="predict under autocast: --amp (float16) or --amp bf16 (default: float32)")
     p.add_argument("--lenient", action="store_true", help="skip broken annotations / images instead of stopping")
+    p.add_argument("--raw-weights", action="store_true", help="evaluate the optimizer's own weights of a last.pt "
+                   "(default: the weights training evaluated, the EMA when the run kept one)")
     p.add_argument("--gt", help="COCO ground-truth JSON (evaluate result files without a model)")
     p.add_argument("--results", help="COCO results JSON (with --gt)")
     p.add_argument("--backend", choices=["minidet", "pycocotools", "faster-coco-eval"], default="minidet",
@@ -93,7 +99,8 @@ def evaluate_files(args) -> dict:
 
 def evaluate_model(args) -> dict:
     device = torch.device(args.device)
-    model, ckpt = model_from_checkpoint(args.weights, map_location="cpu")
+    model, ckpt = model_from_checkpoint(args.weights, map_location="cpu", raw=args.raw_weights)
+    print(f"weights: {args.weights}: {model.weights_used}")
     model.to(device).eval()
     if args.score_thresh is not None:
         model.postprocess.score_thresh = args.score_thresh
@@ -127,6 +134,7 @@ def evaluate_model(args) -> dict:
     (out / "predictions.json").write_text(json.dumps(ev.results))  # exactly the list evaluated
     n, seconds = ev.images, ev.seconds
     print(f"{n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s); wrote {out / 'predictions.json'}")
+    print("figures: " + ", ".join(str(f) for f in write_evaluation_figures(ev, dataset, out)))
     return metrics
 
 

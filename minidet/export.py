@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cli import HelpFormatter
 from .engine.checkpoint import CheckpointError, model_from_checkpoint
 
 
@@ -80,9 +81,9 @@ def export(weights: str | Path, fmt: str, out: str | Path | None = None, atol: f
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minidet.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--weights", required=True, help="minidet checkpoint")
-    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript", help="export format")
     p.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
     args = p.parse_args(argv)
     try:

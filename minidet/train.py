@@ -18,10 +18,21 @@ from pathlib import Path
 import torch
 import yaml
 
-from .configuration import PRESETS, ConfigError, changes, check_device, model_options, resolve
+from .anchor_fit import fit_for_config, suggest_img_size
+from .configuration import (
+    ANCHOR_MODES,
+    PRESETS,
+    ConfigError,
+    changes,
+    check_device,
+    model_options,
+    resolve,
+)
 from .data import EvalTransform, TrainTransform, build_dataset
+from .data.mosaic import Mosaic
 from .data.problems import DataError
-from .engine.checkpoint import CheckpointError, load_checkpoint
+from .data.transforms import AUGMENTS
+from .engine.checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
 from .engine.distributed import barrier, cleanup, init_distributed, is_main
 from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
@@ -39,6 +50,15 @@ def _ratio(text: str) -> float | None:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def _int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
 
 
 def _workers(text: str) -> int | str:
@@ -70,11 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-split", help="split to evaluate on ('none' to skip evaluation; default val)")
     a("--shapes-images", type=int, help="training images of the built-in shapes data (default 2000)")
     a("--lenient", **flag, help="skip and count broken images / annotations instead of stopping")
-    a("--img-size", type=int, help="training and evaluation image size, square (default: preset small 128; "
-      "RetinaNet 512, SSD 300, YOLO 448)")
-    a("--augment", choices=["standard", "ssd"], help="training augmentation: standard (scale jitter, crop, flip, "
-      "colour) or ssd (SSD's photometric distortion, zoom out, min-IoU crop; SSD's default)")
-    a("--epochs", type=int, help="training epochs (default 12)")
+    a("--img-size", type=_int_or_auto, help="training and evaluation image size, square, or 'auto': the size at "
+      "which the 10th-percentile training box is 2 x the smallest stride, within the images' own size "
+      "(minidet.anchor_fit.suggest_img_size) (default: auto for custom --data; the built-in shapes: preset small "
+      "128; RetinaNet 512, SSD 300, YOLO 448)")
+    a("--augment", choices=list(AUGMENTS), help="training augmentation: standard (scale jitter 0.6-1.4, crop, "
+      "flip, colour), strong (scale jitter 0.5-1.5, half of the crops keeping every box, Ultralytics' colour gains) "
+      "or ssd (SSD's photometric distortion, zoom out, min-IoU crop; SSD's default)")
+    a("--anchors", choices=list(ANCHOR_MODES), help="auto: fit the RetinaNet anchor sizes (and, with the Max-IoU "
+      "assigner, aspect ratios) to the training boxes at --img-size (k-means with 1 - IoU, as YOLOv2; see "
+      "minidet/anchor_fit.py), kept in the run's configuration; --anchor-sizes / --anchor-ratios given win. SSD keeps "
+      "its default boxes, YOLO v1 has none. default: the preset's / family's anchors. Default: auto for custom --data "
+      "(their object sizes are unknown: the default anchors were chosen for COCO or the shapes data), default for "
+      "the built-in shapes (the small preset's anchors are tuned on them)")
+    a("--mosaic", type=float, metavar="P", help="probability that a training image becomes a mosaic of four "
+      "(YOLOv4 / Ultralytics), except in the last 10%% of the epochs (at least one: Ultralytics' close_mosaic ends "
+      "training on whole images, as evaluation sees them). Default: 0.5 for custom --data (more objects and "
+      "contexts per image for small data sets; half of the images stay whole for the short default schedules), "
+      "0 for the built-in shapes")
+    a("--epochs", type=int, help="training epochs (default 12); or give --iters")
+    a("--iters", type=int, metavar="N", help="train exactly this many optimizer steps instead of --epochs: ceil(N / batches "
+      "per epoch) epochs, the last one ending at step N; the schedule, --lr-steps and the warmup cap are over N "
+      "(default: unset, --epochs decides)")
     a("--batch-size", type=int, help="images per batch per process (default 16)")
     a("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: preset small adamw, else sgd)")
     a("--lr", type=float, help="base learning rate, for --base-batch images (default: SGD 0.01, AdamW 0.003)")
@@ -87,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
       "small cosine)")
     a("--lr-steps", type=float, nargs="+", metavar="EPOCH", help="epochs at which the step schedule multiplies "
       "the lr by 0.1 (default: 8/12 and 11/12 of the run)")
-    a("--warmup-iters", type=int, help="linear warmup iterations from 0.001 x lr (default 500; preset small 100)")
+    a("--warmup-iters", type=int, help="linear warmup iterations from 0.001 x lr, at most 10%% of the run's "
+      "iterations (detectron2's 1000 / mmdetection's 500 are tuned for 90k-iteration runs; default 500; "
+      "preset small 100)")
     a("--clip-grad", type=float, help="max gradient norm, 0: no clipping (default 0; preset small 10)")
     a("--ema", **flag, help="keep an EMA of the weights for evaluation (default: off; preset small on)")
     a("--cls-loss", help="classification loss (default: the family's: focal / ce / yolo_sse); "
@@ -133,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", help="continue a run from its last.pt: its saved configuration, except flags given now")
     a("--weights", help="start a new run from a checkpoint (fine-tuning); class layers are re-initialised when "
       "the class count differs")
-    a("--eval-interval", type=int, help="evaluate every N epochs and after the last (default 1; preset small 4)")
+    a("--eval-interval", type=_int_or_auto, help="evaluate every N epochs and after the last, or 'auto': about 10 "
+      "evaluations per run, every ceil(epochs / 10) epochs (default: auto for custom --data; preset small 4; 1)")
     a("--log-interval", type=int, help="log every N iterations (default 10)")
     a("--max-bad-steps", type=int, help="stop after this many consecutive non-finite losses (default 10)")
     a("--diagnostics", **flag, help="log positives per image, the classification score / IoU "
@@ -190,10 +230,11 @@ def validate(args: argparse.Namespace) -> None:
         if not ok:
             raise ConfigError(text)
 
-    need(args.img_size >= 32, f"--img-size must be at least 32 pixels, got {args.img_size}")
-    need(args.epochs >= 0, f"--epochs must be >= 0, got {args.epochs}")
+    need(args.img_size == "auto" or args.img_size >= 32, f"--img-size must be at least 32 pixels, got {args.img_size}")
+    need(args.epochs is None or args.epochs >= 0, f"--epochs must be >= 0, got {args.epochs}")
+    need(args.iters is None or args.iters >= 1, f"--iters must be >= 1 (optimizer steps), got {args.iters}")
     need(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    need(args.eval_interval >= 1, f"--eval-interval must be >= 1 (epochs between evaluations), got {args.eval_interval}; "
+    need(args.eval_interval == "auto" or args.eval_interval >= 1, f"--eval-interval must be >= 1 (epochs between evaluations), got {args.eval_interval}; "
          f"use --val-split none to skip evaluation")
     need(args.log_interval >= 1, f"--log-interval must be >= 1, got {args.log_interval}")
     need(args.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {args.max_bad_steps}")
@@ -206,7 +247,8 @@ def validate(args: argparse.Namespace) -> None:
     need(args.base_batch is None or args.base_batch >= 1, f"--base-batch must be >= 1, got {args.base_batch}")
     need(args.alwa_interval >= 1, f"--alwa-interval must be >= 1, got {args.alwa_interval}")
     need(args.frozen_stages >= 0, f"--frozen-stages must be >= 0, got {args.frozen_stages}")
-    if args.lr_steps:
+    need(0 <= args.mosaic <= 1, f"--mosaic is a probability in [0, 1], got {args.mosaic}")
+    if args.lr_steps and args.epochs is not None:  # (with --iters the trainer checks them)
         need(all(0 < s <= args.epochs for s in args.lr_steps),
              f"--lr-steps must lie in (0, --epochs {args.epochs}], got {args.lr_steps}")
     check_device(args.device)
@@ -267,9 +309,14 @@ def main(argv=None) -> int:
     seed_everything(args.seed + rank)
     try:
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
-        train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient,
-                                  transform=TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed),
-                                  fmt=args.format)
+        train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient, fmt=args.format)
+        if args.img_size == "auto":  # (saved as the number: resume and evaluation use the same size)
+            args.img_size = suggest_img_size(train_set.records, stride=32 if args.model == "yolo" else 8)
+            if is_main():
+                print(f"img size auto: {args.img_size} (the 10th-percentile training box at 2 x the smallest stride, "
+                      f"within the images' own size; --img-size N to choose)")
+        train_set.transform = TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed,
+                                             strong=args.augment == "strong")
         val_set = None
         if args.val_split != "none":
             val_set = build_dataset(data_spec(args), args.val_split, strict=not args.lenient,
@@ -278,6 +325,10 @@ def main(argv=None) -> int:
             for name, ds in (("train", train_set), ("val", val_set)):
                 if ds is not None and ds.report.total:
                     print(f"{name} data: {ds.report.summary()}")
+        if args.anchors == "auto" and resume is None:  # (a resumed run keeps its saved, fitted anchors)
+            summary = fit_for_config(vars(args), train_set.records)
+            if is_main():
+                print(summary)
         model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
                             **model_options(vars(args)))
         if args.diagnostics:
@@ -290,23 +341,34 @@ def main(argv=None) -> int:
             if is_main() and (source.get("name"), source.get("backbone")) != (args.model, args.backbone):
                 print(f"note: {args.weights} is a {source.get('name')} on {source.get('backbone')}, the new model a "
                       f"{args.model} on {args.backbone}: only the tensors whose names and shapes match are loaded")
-            load_matching_state(model, ckpt["model"], verbose=is_main())
+            weights, what = checkpoint_weights(ckpt)  # a last.pt's EMA when it has one, as evaluation uses
+            if is_main():
+                print(f"fine-tuning from {args.weights}: {what}")
+            load_matching_state(model, weights, verbose=is_main())
         model.to(device)
         config = dict(model.config)
-        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "loader_workers")}
         if is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
+            print(f"model: {args.model} ({args.backbone}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+                  f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
+            print(f"{device.type}: {threads} thread(s) per process, {args.loader_workers} DataLoader worker(s)")
+        args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
+        trainer = Trainer(args, model, train_set, val_set, run_dir, device, train_set.class_names, config)
+        # after the Trainer: it settles the run's length (epochs / iters) and eval_interval "auto"
+        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "loader_workers", "data_spec")}
+        if is_main():
             if resume is None:  # the run's configuration is written once, when it starts
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
             print("configuration:\n  " + yaml.safe_dump(resolved, sort_keys=True).rstrip().replace("\n", "\n  "))
             if resume is not None:
                 print(f"resuming with the saved configuration{'; changed by flags: ' if changed else ''}"
                       + "; ".join(changed))
-            print(f"model: {args.model} ({args.backbone}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-                  f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
-            print(f"{device.type}: {threads} thread(s) per process, {args.loader_workers} DataLoader worker(s)")
-        args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
-        trainer = Trainer(args, model, train_set, val_set, run_dir, device, train_set.class_names, config)
+        if args.mosaic > 0:  # after the Trainer: it derives args.epochs from --iters (workers start in fit())
+            close = max(1, round(args.epochs / 10))
+            train_set.mosaic = Mosaic(size=args.img_size, p=args.mosaic, until_epoch=args.epochs - close, seed=args.seed)
+            if is_main():
+                print(f"mosaic: p {args.mosaic:g} in epochs 1-{args.epochs - close}, whole images in the last {close}"
+                      if args.epochs > close else f"mosaic: off ({args.epochs} epoch(s): the last {close} use whole images)")
         if resume is not None:
             trainer.restore(resume)
             if is_main():

@@ -103,6 +103,9 @@ def _refused(capsys, argv, flag, run=main):
     (["--log-interval", "0"], "--log-interval"),
     (["--workers", "-2"], "--workers"),
     (["--lr-steps", "20"], "--lr-steps"),
+    (["--iters", "0"], "--iters"),
+    (["--iters", "8", "--epochs", "2"], "--iters"),
+    (["--iters", "8", "--lr-steps", "3"], "--lr-steps"),  # 3 epochs of 4 batches > 8 steps
     (["--device", "tpu"], "--device"),
     pytest.param(["--device", "cuda"], "--device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),

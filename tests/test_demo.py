@@ -14,6 +14,7 @@ from minidet.data import ShapesDataset
 from minidet.data.image_io import write_rgb
 from minidet.demo import main
 from minidet.eval import main as eval_main
+from minidet.visualize import draw_detections, drawing_scale
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -38,7 +39,10 @@ def test_demo_on_an_image_and_a_folder(tmp_path):
     assert main(["--source", str(images), "--out", str(tmp_path / "all")]) == 0
     out = sorted(p.name for p in (tmp_path / "all").iterdir())
     assert out == ["img0.png", "img1.png"]
-    assert cv2.imread(str(tmp_path / "all" / "img1.png")).shape == (100, 150, 3)  # original size kept
+    # drawn readable: the 100 px short side enlarged to 512, the aspect ratio kept
+    assert cv2.imread(str(tmp_path / "all" / "img1.png")).shape == (512, 768, 3)
+    assert main(["--source", str(images / "img1.jpg"), "--out", str(tmp_path / "orig"), "--draw-size", "0"]) == 0
+    assert cv2.imread(str(tmp_path / "orig" / "img1.png")).shape == (100, 150, 3)
 
 
 def test_demo_on_a_video(tmp_path):
@@ -54,6 +58,54 @@ def test_demo_on_a_video(tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == 4
+
+
+def test_default_threshold_is_for_viewing(tmp_path):
+    """--conf 0.5 by default: no box under it in the saved detections; a lower --conf adds boxes."""
+    assert main(["--num", "4", "--out", str(tmp_path / "a"), "--save-json"]) == 0
+    default = json.loads((tmp_path / "a" / "detections.json").read_text())
+    assert default and min(d["score"] for d in default) >= 0.5
+    assert main(["--num", "4", "--out", str(tmp_path / "b"), "--save-json", "--conf", "0.3"]) == 0
+    low = json.loads((tmp_path / "b" / "detections.json").read_text())
+    assert len(low) > len(default) and min(d["score"] for d in low) < 0.5
+
+
+@pytest.mark.parametrize(("h", "w", "factor"), [(128, 128, 4.0), (100, 150, 5.12), (600, 800, 1.0),
+                                                (20, 2000, 2.048), (5000, 8192, 0.5)])
+def test_drawing_scale_rule(h, w, factor):
+    """Short side enlarged to 512, long side capped at 4096; mid-sized images keep their size."""
+    assert drawing_scale(h, w) == pytest.approx(factor)
+
+
+def test_drawing_keeps_labels_inside_and_boxes_in_place():
+    image = np.full((64, 96, 3), 128, np.uint8)
+    boxes = np.array([[0.0, 0.0, 96.0, 64.0], [80.0, 50.0, 96.0, 64.0]])  # corner-to-corner, bottom-right
+    drawn = draw_detections(image, boxes, np.array([0.9, 0.6]), np.array([0, 1]), ["a", "b"], min_side=512)
+    assert drawn.shape == (512, 768, 3)
+    assert (drawn[:, :40] != 128).any(axis=2).any() and (drawn[-40:, -40:] != 128).any()
+    same = draw_detections(image, boxes, np.array([0.9, 0.6]), np.array([0, 1]), ["a", "b"])
+    assert same.shape == image.shape  # the validation mosaics' call: the image's own size
+
+
+def test_help_lists_defaults(capsys):
+    """demo, eval and export say every option's default in --help (the demo's threshold: 0.5)."""
+    from minidet.export import main as export_main
+
+    texts = {}
+    for entry, flags in [(main, ["--conf", "--draw-size", "--num", "--out", "--device"]),
+                         (eval_main, ["--split", "--batch-size", "--out"]),
+                         (export_main, ["--format", "--out"])]:
+        with pytest.raises(SystemExit):
+            entry(["--help"])
+        # one entry per option: the help's lines from "  --flag" to the next option
+        options = {block.split()[0]: " ".join(block.split())
+                   for block in re.split(r"\n  (?=-)", capsys.readouterr().out)[1:]}
+        texts[entry.__module__] = options
+        for flag in flags:
+            assert "(default: " in options[flag], (entry.__module__, options[flag])
+    assert options["--format"].endswith("(default: torchscript)")
+    assert texts["minidet.demo"]["--conf"].endswith("(default: 0.5)")
+    assert texts["minidet.demo"]["--draw-size"].endswith("(default: 512)")
 
 
 def test_python_api_returns_original_pixels():

@@ -131,6 +131,7 @@ def test_demo_draws_on_the_upright_photo(tmp_path):
     from minidet.demo import main
 
     write_exif_jpeg(tmp_path / "phone.jpg", 6)
-    assert main(["--source", str(tmp_path / "phone.jpg"), "--out", str(tmp_path / "out"), "--save-txt"]) == 0
+    assert main(["--source", str(tmp_path / "phone.jpg"), "--out", str(tmp_path / "out"), "--save-txt",
+                 "--draw-size", "0"]) == 0
     drawn = read_rgb(tmp_path / "out" / "phone.png")
     assert drawn.shape == (DH, DW, 3)

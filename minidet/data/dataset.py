@@ -110,6 +110,9 @@ class DetectionDataset(Dataset):
         # not depend on worker count or order, and a resumed run repeats them exactly.
         self.aug_seed: int | None = None
         self.epoch = 0
+        # a data.mosaic.Mosaic (training only): combines 4 items before the transform, seeded
+        # with it per (aug_seed, epoch, index)
+        self.mosaic = None
         # VOC's use_difficult: items carry the ignore regions as ordinary objects (training
         # only; evaluation reads the records, where they stay ignore regions)
         self.ignore_as_objects = False
@@ -154,12 +157,27 @@ class DetectionDataset(Dataset):
         epoch = self.epoch
         if isinstance(index, tuple):
             epoch, index = index
-        skipped = []
+        skipped: list[tuple[str, str]] = []
+        item = self._load_readable(index, skipped)
+        seed = None if self.aug_seed is None else (self.aug_seed * 1_000_003 + epoch * 100_003 + index) % 2**32
+        if self.mosaic is not None:
+            if seed is not None:
+                self.mosaic.reseed(seed)
+            item = self.mosaic(item, epoch, lambda j: self._load_readable(j, skipped), len(self.records))
+        if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "reseed"):
+                self.transform.reseed(seed)
+            item = self.transform(item)
+        if skipped:
+            item["skipped"] = skipped
+        return item
+
+    def _load_readable(self, index: int, skipped: list[tuple[str, str]]) -> dict:
+        """``load(index)``; lenient: the next readable image instead, each skip appended to ``skipped``."""
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
             try:
-                item = self.load(i)
-                break
+                return self.load(i)
             except DataError as err:
                 if self.report.strict:
                     raise
@@ -167,12 +185,4 @@ class DetectionDataset(Dataset):
                 skipped.append((self.records[i].path, str(err)))
                 if self.report.image_skipped(self.records[i].path, str(err)):  # warn once per file and process
                     print(f"warning: skipping an unreadable image: {err}")
-        else:
-            raise DataError("no readable image in the dataset")
-        if self.transform is not None:
-            if self.aug_seed is not None and hasattr(self.transform, "reseed"):
-                self.transform.reseed((self.aug_seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
-            item = self.transform(item)
-        if skipped:
-            item["skipped"] = skipped
-        return item
+        raise DataError("no readable image in the dataset")

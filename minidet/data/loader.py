@@ -1,5 +1,14 @@
 """Batching: collate items into a padded image batch + target list; DataLoader construction
-with workers, pinned memory, a distributed-ready sampler and reproducible per-worker seeding."""
+with workers, pinned memory, a distributed-ready sampler and reproducible per-worker seeding.
+
+Training epochs keep their last partial batch (as mmdetection's and Ultralytics' loaders do), so
+that a small dataset is seen whole: 45 images at batch 16 are batches of 16, 16 and 13. Two
+exceptions, the same for every sampler (``train_drop_last``): under torch.distributed every
+process gets floor(images / processes) of them (the same number of batches on every process,
+which DDP's collectives need; the rest, fewer than the processes, is left out, a different rest
+every epoch), and a last batch of a single image per process is dropped (BatchNorm would
+normalise over one image, and fails on a 1 x 1 feature map). ``left_out`` says what an epoch
+leaves out."""
 
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from torch.utils.data import (
 
 from .dataset import DetectionDataset
 
-__all__ = ["collate", "build_loader", "seed_worker", "EpochSampler", "ShardSampler"]
+__all__ = ["collate", "build_loader", "seed_worker", "EpochSampler", "ShardSampler", "train_drop_last", "left_out"]
 
 
 class EpochSampler(DistributedSampler):
@@ -119,6 +128,29 @@ def seed_worker(worker_id: int) -> None:
         transform.reseed(seed)
 
 
+def train_drop_last(per_process: int, batch_size: int) -> bool:
+    """Whether a training epoch of ``per_process`` images per process drops its last partial
+    batch: only when that batch would hold a single image (see the module docstring)."""
+    return batch_size > 1 and per_process % batch_size == 1
+
+
+def left_out(loader: DataLoader, n_images: int, world: int = 1) -> str | None:
+    """'K of N images ... (why)' for the images a training ``loader`` (built by build_loader,
+    before any skip) leaves out of every epoch; None when it uses them all."""
+    per_process = len(loader.sampler)
+    single = per_process % loader.batch_size if loader.drop_last else 0
+    shard = n_images - world * per_process
+    if not single and not shard:
+        return None
+    why = []
+    if shard:
+        why.append(f"{shard} so that each of the {world} processes gets the same {per_process}")
+    if single:
+        why.append(f"{single * world} because the last batch would hold a single image per process, too few for "
+                   f"BatchNorm statistics")
+    return f"{shard + single * world} of {n_images} images are left out of every epoch ({'; '.join(why)})"
+
+
 def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0,
                  pin_memory: bool | None = None, drop_last: bool | None = None, resumable: bool = False,
                  size_divisor: int = 32) -> DataLoader:
@@ -126,7 +158,8 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
     (call ``loader.sampler.set_epoch(epoch)`` every epoch). ``resumable`` uses EpochSampler
     (``(epoch, index)`` pairs for a DetectionDataset); workers are persistent (started once, kept
     across epochs); batches are padded to a multiple of ``size_divisor`` (the model's
-    ``size_divisor``)."""
+    ``size_divisor``). Training keeps the last partial batch unless it holds a single image
+    (``train_drop_last``; ``drop_last`` overrides)."""
     generator = torch.Generator().manual_seed(seed)
     distributed = dist.is_available() and dist.is_initialized()
     # The resumable sampler hands the epoch to a DetectionDataset with every index: its workers
@@ -143,10 +176,12 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
         sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
+    if drop_last is None:
+        drop_last = train and train_drop_last(len(sampler), batch_size)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate if size_divisor == 32 else functools.partial(collate, size_divisor=size_divisor),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=train if drop_last is None else drop_last, worker_init_fn=seed_worker,
+        drop_last=drop_last, worker_init_fn=seed_worker,
         generator=generator, persistent_workers=persistent,
     )

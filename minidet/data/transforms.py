@@ -4,7 +4,10 @@ the image) plus SSD's expand / IoU-crop, and the exact letterbox used for evalua
 - ``TrainTransform``: resize so the longer side is ``size``, random scale, pad + random crop to
   size x size (boxes clipped; boxes keeping less than ``min_visibility`` of their area dropped
   with their labels), horizontal flip, colour jitter; with ``ssd=True`` SSD's photometric
-  distortion, expand (zoom out) and min-IoU random crop come first.
+  distortion, expand (zoom out) and min-IoU random crop come first. ``strong=True`` (for small
+  data sets): scale jitter 0.5-1.5, half of the crops box-safe (albumentations'
+  RandomSizedBBoxSafeCrop: every box kept, the crop resized to size x size) and Ultralytics'
+  colour gains. ``data.mosaic`` combines four images before the transform.
 - ``EvalTransform``: letterbox — resize by one factor so the image fits size x size, pad at the
   bottom/right. ``unletterbox`` maps predicted boxes back to original pixels exactly.
 
@@ -20,9 +23,11 @@ import albumentations as A
 import cv2
 import numpy as np
 
-__all__ = ["TrainTransform", "EvalTransform", "unletterbox", "ssd_expand", "ssd_iou_crop"]
+__all__ = ["TrainTransform", "EvalTransform", "unletterbox", "ssd_expand", "ssd_iou_crop", "AUGMENTS"]
 
 SSD_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)  # None: keep the image as is; 0: any crop
+STRONG_SCALE = (0.5, 1.5)  # Ultralytics' default scale gain 0.5
+AUGMENTS = ("standard", "strong", "ssd")
 MEAN_RGB = (123, 117, 104)
 
 
@@ -83,19 +88,28 @@ def ssd_iou_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: 
 class TrainTransform:
     """Training augmentation to a size x size image (see the module docstring)."""
 
-    def __init__(self, size: int = 512, scale: tuple[float, float] = (0.6, 1.4), hflip: float = 0.5,
-                 color_jitter: float = 0.3, min_visibility: float = 0.3, ssd: bool = False, seed: int = 0) -> None:
-        self.size, self.ssd = size, ssd
+    def __init__(self, size: int = 512, scale: tuple[float, float] | None = None, hflip: float = 0.5,
+                 color_jitter: float = 0.3, min_visibility: float = 0.3, ssd: bool = False, seed: int = 0, *,
+                 strong: bool = False) -> None:
+        self.size, self.ssd, self.strong = size, ssd, strong and not ssd
+        scale = scale or (STRONG_SCALE if self.strong else (0.6, 1.4))
         photometric = [A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=min(0.5, color_jitter / 6), p=0.8)] if color_jitter > 0 else []
+        if self.strong and color_jitter > 0:  # Ultralytics' HSV gains (v 0.4, s 0.7, h 0.015) and its rare extras
+            photometric = [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.7, hue=0.015, p=0.8),
+                           A.ToGray(p=0.01), A.Blur(p=0.01), A.CLAHE(p=0.01)]
         if ssd:
             geometric = [A.Resize(size, size)]
         else:
+            # strong: half of the crops contain every box (RandomSizedBBoxSafeCrop: a random crop
+            # around the union of the boxes, resized to size x size), so no object is cut away
+            crop = (A.OneOf([A.RandomCrop(size, size), A.RandomSizedBBoxSafeCrop(size, size)], p=1.0)
+                    if self.strong else A.RandomCrop(size, size))
             geometric = [
                 A.LongestMaxSize(max_size=size),
                 A.RandomScale(scale_limit=(scale[0] - 1, scale[1] - 1), p=1.0),
                 A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=MEAN_RGB),
-                A.RandomCrop(size, size),
+                crop,
             ]
         self.pipeline = A.Compose(
             [*geometric, A.HorizontalFlip(p=hflip), *photometric],

@@ -3,6 +3,13 @@
 A checkpoint is a dict saved with torch.save; the fields a model needs are "model" (state
 dict), "config" (``build_model`` arguments), "class_names" and "img_size"; training adds
 optimizer, scheduler, scaler, EMA, weighting state, epoch / iteration and RNG states.
+
+Which weights a loaded model gets (``checkpoint_weights``, the one place that decides, used by
+``model_from_checkpoint``, hence by ``python -m minidet.eval``, ``minidet.load``, the demo and
+export, by fine-tuning with ``--weights`` and by ``slim_checkpoint``): the weights training
+evaluated, i.e. the EMA when the run kept one (last.pt's "ema"; best.pt and slim files store it
+as "model", marked ``"model_weights": "ema"``), else "model"; ``raw=True`` (``--raw-weights``)
+takes the optimizer's own weights, which only last.pt holds.
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ import torch
 from ..models import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "slim_checkpoint", "CheckpointError",
-           "remove_stale_temp_files"]
+           "remove_stale_temp_files", "checkpoint_weights"]
 
-INFERENCE_KEYS = ("model", "config", "class_names", "img_size", "data", "category_ids")
+INFERENCE_KEYS = ("model", "model_weights", "config", "class_names", "img_size", "data", "category_ids")
 
 
 class CheckpointError(RuntimeError):
@@ -87,26 +94,59 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def model_from_checkpoint(state: dict | str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the model a checkpoint describes and load its weights -> (model, checkpoint)."""
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k] for k, v in a.items())
+
+
+def checkpoint_weights(state: dict, raw: bool = False) -> tuple[dict, str]:
+    """-> (the state dict to load, what it is): the weights training evaluated (the EMA when the
+    run kept one) or, ``raw``, the optimizer's own (see the module docstring)."""
+    ema = (state.get("ema") or {}).get("module")
+    marked = state.get("model_weights") == "ema"  # best.pt / slim: "model" is the evaluated EMA
+    if raw:
+        if marked:
+            raise CheckpointError("--raw-weights: this checkpoint holds only the weights training evaluated (the "
+                                  "EMA, as best.pt does); evaluate the run's last.pt for the raw weights")
+        if ema is None:
+            return state["model"], "raw weights (the run kept no EMA)"
+        if _same_tensors(state["model"], ema):  # a best.pt written before the mark, or no step taken yet
+            return state["model"], "stored weights (equal to the run's EMA; the file holds no others)"
+        return state["model"], "raw weights (the optimizer's; training evaluated the EMA)"
+    if marked:
+        return state["model"], "EMA weights (the weights training evaluated)"
+    if ema is not None:
+        return ema, "EMA weights (the weights training evaluated; --raw-weights for the optimizer's)"
+    return state["model"], "the checkpoint's weights (it holds no separate EMA)"
+
+
+def model_from_checkpoint(state: dict | str | Path, map_location: str | torch.device = "cpu", raw: bool = False):
+    """Rebuild the model a checkpoint describes and load its weights -> (model, checkpoint): the
+    weights training evaluated unless ``raw`` (``checkpoint_weights``; ``model.weights_used``
+    says which)."""
     if not isinstance(state, dict):
         state = load_checkpoint(state, map_location)
+    weights, model_weights_used = checkpoint_weights(state, raw)
     config = dict(state["config"])
     name = config.pop("name")
     num_classes = config.pop("num_classes")
     backbone = config.pop("backbone", "tiny")
     model = build_model(name, num_classes, backbone=backbone, **config)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
+    model.weights_used = model_weights_used
     model.class_names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     model.img_size = state.get("img_size")
     return model, state
 
 
 def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True, **overrides) -> Path:
-    """Keep only what inference needs (weights, config, class names, image size, data) -> dst;
-    ``half`` stores floating-point weights as float16 (half the size; loaded back as float32)."""
+    """Keep only what inference needs (the weights training evaluated, config, class names, image
+    size, data) -> dst; ``half`` stores floating-point weights as float16 (half the size; loaded
+    back as float32)."""
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    if state.get("ema"):
+        slim.update(model=checkpoint_weights(state)[0], model_weights="ema")
     if half:
         slim["model"] = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                          for k, v in slim["model"].items()}

@@ -1,5 +1,7 @@
-"""Run logs: metrics.jsonl (one line per logging step / evaluation), metrics.csv, optional
-TensorBoard, and PNG plots at the end (when matplotlib is installed)."""
+"""Run logs: metrics.jsonl (one line per logging step / evaluation), metrics.csv (the same
+records as a table), optional TensorBoard, and at the end results.csv (one row per evaluation:
+the epoch's mean train losses, lr, validation AP / AP50 / AP75, like Ultralytics' results.csv) and
+results.png (``minidet.plots.plot_results``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 
 
 class RunLogger:
-    """Writes records to <run>/metrics.jsonl as they come; ``close()`` writes metrics.csv and plots."""
+    """Writes records to <run>/metrics.jsonl as they come; ``close()`` writes metrics.csv,
+    results.csv and results.png."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
         self.run_dir = run_dir
@@ -47,38 +50,46 @@ class RunLogger:
             writer.writerows(records)
         if self.tb is not None:
             self.tb.close()
-        plot_run(records, self.run_dir)
+        try:  # called while an error or a Ctrl-C may be on its way out: a chart must not replace it
+            write_results_csv(records, self.run_dir / "results.csv")
+            from ..plots import plot_results  # matplotlib is imported only when the run ends
+
+            plot_results(records, self.run_dir / "results.png")
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: could not write results.csv / results.png in {self.run_dir}: {type(err).__name__}: {err}")
 
 
-def plot_run(records: list[dict], out: Path) -> list[Path]:
-    """losses.png, weights.png and ap.png from the records; nothing without matplotlib."""
-    try:
-        import matplotlib
+def results_rows(records: list[dict]) -> list[dict]:
+    """One row per evaluation, in epoch order: ``epoch`` (epochs done), ``iteration``,
+    ``train/<loss>`` (mean of that epoch's logged values; empty without training records),
+    ``lr`` (the last logged in that epoch), ``val/AP``, ``val/AP50``, ``val/AP75``. A resumed
+    run's repeated records count once (the last)."""
+    from ..plots import last_per_key, loss_keys
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    train = [r for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    written = []
-    panels = [("losses.png", "loss components", train, lambda k: k in ("loss", "cls", "reg", "coord", "obj", "noobj", "class")),
-              ("weights.png", "loss weights", train, lambda k: k.startswith("weight_")),
-              ("ap.png", "validation AP", evals, lambda k: k in ("AP", "AP50", "AP75"))]
-    for name, title, rows, wanted in panels:
-        keys = sorted({k for r in rows for k in r if wanted(k)})
-        if not rows or not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for k in keys:
-            pts = [(r["iteration"], r[k]) for r in rows if isinstance(r.get(k), int | float) and math.isfinite(r[k])]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), label=k)
-        ax.set_xlabel("iteration")
-        ax.set_title(title)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        written.append(out / name)
-    return written
+    train = last_per_key([r for r in records if r.get("kind") == "train"], "iteration")
+    evals = last_per_key([r for r in records if r.get("kind") == "eval"], "epoch")
+    losses = loss_keys(train)
+    rows = []
+    for e in evals:
+        epoch = [r for r in train if r.get("epoch") == e["epoch"] - 1]  # train records count from 0
+        row = {"epoch": e["epoch"], "iteration": e.get("iteration", "")}
+        for k in losses:
+            values = [r[k] for r in epoch if isinstance(r.get(k), int | float) and math.isfinite(r[k])]
+            row[f"train/{k}"] = sum(values) / len(values) if values else ""
+        row["lr"] = epoch[-1].get("lr", "") if epoch else ""
+        for k in ("AP", "AP50", "AP75"):
+            row[f"val/{k}"] = e.get(k, "")
+        rows.append(row)
+    return rows
+
+
+def write_results_csv(records: list[dict], path: Path) -> Path:
+    """results.csv from ``results_rows`` (a header only when nothing was evaluated)."""
+    rows = results_rows(records)
+    losses = sorted({k for r in rows for k in r if k.startswith("train/")}, key=lambda k: (k != "train/loss", k))
+    fields = ["epoch", "iteration", *losses, "lr", "val/AP", "val/AP50", "val/AP75"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -35,20 +35,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from ..configuration import lr_step_fractions
+from ..configuration import ConfigError, lr_step_fractions
 from ..data import build_loader
+from ..data.loader import left_out
 from ..data.problems import CountSkips, record_skipped
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector
+from ..evaluation.figures import write_evaluation_figures
 from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files, save_checkpoint
 from .distributed import gather_to_main, get_rank, is_main, world_size
 from .ema import ModelEMA
 from .logger import RunLogger
 from .optim import build_optimizer, trainable_parameters
+from .progress import progress_bar
 from .resources import plan_cpu_use
-from .schedule import build_scheduler
+from .schedule import WARMUP_MAX_FRACTION, build_scheduler, capped_warmup, short_run_warning
 
 
 class TrainingError(RuntimeError):
@@ -209,16 +211,18 @@ class Trainer:
         self.train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
                                          resumable=True, size_divisor=divisor)
         if len(self.train_loader) == 0:
-            raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch of "
-                                f"{args.batch_size} per process — lower --batch-size")
+            raise TrainingError(f"the training split has {len(train_set)} image(s) for {world_size()} process(es): "
+                                f"too few for one training batch (a last batch of a single image per process is "
+                                f"dropped unless --batch-size is 1) — add images")
         self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=workers,
                                                    size_divisor=divisor), val_set.report, "val data")
                            if val_set else None)
         self.optimizer = build_optimizer(model, args)  # decay for conv / linear weights only (see parameter_groups)
         self._trainable = trainable_parameters(model)  # what the optimizer updates (and clipping sees)
-        self.total_iters = args.epochs * len(self.train_loader)
-        self.scheduler = build_scheduler(self.optimizer, self.total_iters, args.warmup_iters, args.schedule,
-                                         lr_step_fractions(vars(args)))
+        self.batches_per_epoch = len(self.train_loader)
+        self._plan_length()
+        self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.warmup_iters, args.schedule,
+                                         lr_step_fractions(vars(args), self.batches_per_epoch))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(model) if args.ema else None
@@ -242,6 +246,49 @@ class Trainer:
         self._in_fit = False
         self._saved_key = None  # _state_key() of what last.pt holds, when this process knows it
         self._saved_last = None  # (file identity, epoch, iteration) of that last.pt
+
+    def _plan_length(self) -> None:
+        """The run's length in optimizer steps (``total_iters``), its epochs (``args.epochs``,
+        derived from ``--iters`` as ceil(iters / batches per epoch): the last epoch then ends at
+        that iteration) and its warmup (capped, ``capped_warmup``); on the main process one line
+        for each of: the derived epochs, the images an epoch leaves out, the warmup cap, a run
+        too short to learn (``short_run_warning``)."""
+        args, per_epoch = self.args, self.batches_per_epoch
+        min_iters = getattr(args, "min_iters", None)
+        if not getattr(args, "iters", None) and min_iters and args.epochs * per_epoch < min_iters:
+            if is_main():
+                print(f"run length: {args.epochs} epochs of {per_epoch} batches are {args.epochs * per_epoch} optimizer "
+                      f"steps; training {min_iters} (custom data from scratch: 12 epochs or {min_iters} steps, "
+                      f"whichever is longer; --epochs / --iters to choose)")
+            args.iters = min_iters
+        if getattr(args, "iters", None):
+            self.total_iters = args.iters
+            args.epochs = math.ceil(args.iters / per_epoch)  # (saved in the checkpoint's "args" beside iters)
+            if args.lr_steps and not all(0 < s * per_epoch <= args.iters for s in args.lr_steps):
+                raise ConfigError(f"--lr-steps must lie in (0, {args.iters / per_epoch:g}] epochs of {per_epoch} "
+                                  f"batches with --iters {args.iters}, got {args.lr_steps}")
+        else:
+            self.total_iters = args.epochs * per_epoch
+        self.warmup_iters = capped_warmup(args.warmup_iters, self.total_iters)
+        if args.eval_interval == "auto":  # about 10 evaluations per run
+            args.eval_interval = max(1, math.ceil(args.epochs / 10))
+        if not is_main():
+            return
+        if getattr(args, "iters", None):
+            rest = args.iters - (args.epochs - 1) * per_epoch
+            end = "" if rest == per_epoch else f", the last one ending after {rest} of them"
+            print(f"--iters {args.iters}: {args.epochs} epoch(s) of {per_epoch} batches{end}")
+        missing = left_out(self.train_loader, len(self.train_set), world_size())
+        if missing:
+            print(f"train data: {missing}")
+        if self.warmup_iters < args.warmup_iters and self.total_iters > 0:
+            print(f"warmup: {args.warmup_iters} -> {self.warmup_iters} iterations (at most "
+                  f"{WARMUP_MAX_FRACTION:.0%} of the {self.total_iters}-iteration run)")
+        from_scratch = not args.pretrained and not getattr(args, "weights", None)
+        warning = short_run_warning(self.total_iters, per_epoch, args.epochs, bool(getattr(args, "iters", None)),
+                                    from_scratch)
+        if warning:
+            print(warning)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -274,6 +321,7 @@ class Trainer:
                 state["rng_per_rank"] = rngs
                 if evaluated_weights and self.ema is not None:
                     state["model"] = self.ema.module.state_dict()
+                    state["model_weights"] = "ema"  # (checkpoint_weights: there are no raw weights here)
                 path = save_checkpoint(state, self.run_dir / name)
                 if name == "last.pt":
                     self._saved_last = (_file_identity(path), self.state.epoch, self.state.iteration)
@@ -306,8 +354,8 @@ class Trainer:
         saved_groups = len(ckpt["optimizer"]["param_groups"])
         if saved_groups == 1 and len(self.optimizer.param_groups) != 1:
             self.optimizer = build_optimizer(self.model, self.args, grouped=False)
-            self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.args.warmup_iters,
-                                             self.args.schedule, lr_step_fractions(vars(self.args)))
+            self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.warmup_iters, self.args.schedule,
+                                             lr_step_fractions(vars(self.args), self.batches_per_epoch))
             if is_main():
                 print("note: this run was started with weight decay on every parameter (one optimizer group); "
                       "it continues that way")
@@ -342,7 +390,8 @@ class Trainer:
     # ------------------------------------------------------------------------ loop
 
     def fit(self) -> dict:
-        """Train until ``args.epochs``; evaluate every ``args.eval_interval`` epochs and after the
+        """Train until ``args.epochs`` (with ``args.iters``: until that many applied steps, the
+        last epoch ending early); evaluate every ``args.eval_interval`` epochs and after the
         last one (best.pt keeps the best AP); last.pt after every epoch. Ctrl-C: see
         ``InterruptFlag``; last.pt is then written at the next safe point and SystemExit(130)
         raised."""
@@ -365,9 +414,16 @@ class Trainer:
             self._in_fit = False
         return {"best_ap": self.state.best_ap, "iterations": self.state.iteration, "final": last_stats}
 
+    def _length_done(self) -> bool:
+        """Whether the run has its length: ``total_iters`` applied steps with --iters (an epoch
+        more when skipped steps left it short), else ``args.epochs`` epochs."""
+        if getattr(self.args, "iters", None):
+            return self.state.iteration >= self.total_iters
+        return self.state.epoch >= self.args.epochs
+
     def _epochs(self) -> dict | None:
-        args, last_stats = self.args, None
-        while self.state.epoch < args.epochs or self.state.eval_pending:
+        last_stats = None
+        while not self._length_done() or self.state.eval_pending:
             if not self.state.eval_pending:
                 self.train_epoch()
                 last_stats = None
@@ -433,12 +489,15 @@ class Trainer:
         self.train_set.epoch = st.epoch  # (the sampler hands the epoch to the persistent workers with each index)
         self.train_loader.sampler.set_epoch(st.epoch, skip=st.batch_in_epoch * args.batch_size)
         n_batches = len(self.train_loader) + st.batch_in_epoch
-        bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{args.epochs}",
-                   disable=not is_main() or args.quiet, file=sys.stdout, dynamic_ncols=True, leave=True)
+        by_iters = bool(getattr(args, "iters", None))  # then the epoch ends early at iteration total_iters
+        shown = min(n_batches, st.batch_in_epoch + self.total_iters - st.iteration) if by_iters else n_batches
+        bar = progress_bar(total=shown, initial=st.batch_in_epoch,
+                           desc=f"epoch {st.epoch + 1}/{max(args.epochs, st.epoch + 1)}",
+                           disable=not is_main() or args.quiet)
         t0, seen = time.perf_counter(), 0
         batches = iter(self.train_loader)
         try:
-            while st.batch_in_epoch < n_batches:
+            while st.batch_in_epoch < n_batches and not (by_iters and st.iteration >= self.total_iters):
                 self._check_stop()  # after each complete iteration
                 try:
                     images, targets = next(batches)
@@ -458,7 +517,8 @@ class Trainer:
                 losses = self.step(images, targets)  # the iteration changes the state from here ...
                 st.batch_in_epoch += 1
                 seen += len(images) * world_size()
-                if losses is not None and (st.iteration % args.log_interval == 0 or st.batch_in_epoch == n_batches):
+                if losses is not None and (st.iteration % args.log_interval == 0 or st.batch_in_epoch == n_batches
+                                           or st.iteration == self.total_iters):
                     record = {"kind": "train", "epoch": st.epoch, "iteration": st.iteration,
                               "lr": self.optimizer.param_groups[0]["lr"],
                               "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
@@ -475,7 +535,7 @@ class Trainer:
         self._updating = True
         st.epoch += 1
         st.batch_in_epoch = 0
-        st.eval_pending = self.val_loader is not None and (st.epoch % args.eval_interval == 0 or st.epoch == args.epochs)
+        st.eval_pending = self.val_loader is not None and (st.epoch % args.eval_interval == 0 or self._length_done())
         self._updating = False
 
     def step(self, images, targets) -> dict | None:
@@ -592,7 +652,8 @@ class Trainer:
         (``evaluate_detector``, the function ``python -m minidet.eval --weights`` uses): every
         process returns the same stats (best.pt decisions agree). ``self.last_evaluation``
         keeps the full result on rank 0 (including the COCO results list that was scored), the
-        stats only on the others.
+        stats only on the others. After the final evaluation (``state.epoch >= args.epochs``)
+        rank 0 writes its figures into the run folder (``minidet.evaluation.figures``).
 
         A Ctrl-C during it lets it finish; the flag is checked after it: inside ``fit`` the loop
         then saves last.pt and stops, on its own (the final evaluation of python -m minidet.train)
@@ -614,6 +675,8 @@ class Trainer:
                 model.train()
             if flag.requested and not getattr(self, "_in_fit", False):
                 self._evaluation_interrupted()
+        if is_main() and getattr(self, "run_dir", None) is not None and self.state.epoch >= self.args.epochs:
+            write_evaluation_figures(self.last_evaluation, self.val_set, self.run_dir)
         return self.last_evaluation.stats
 
     def _interrupt_flag(self) -> InterruptFlag:

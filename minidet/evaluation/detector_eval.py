@@ -18,7 +18,6 @@ train-time validation (``Trainer.evaluate``) share.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..engine.distributed import broadcast_from_main, gather_to_main, is_main, world_size
+from ..engine.progress import progress_bar
 from .coco import ap_per_iou, evaluate_boxes, load_coco_boxes, per_class_ap
 from .lrp import lrp_from_boxes
 from .voc import VOCEvaluator
@@ -115,7 +114,7 @@ def predict_detections(model: nn.Module, loader: Iterable, device: torch.device,
     ``amp_dtype`` when given, as the model trains) -> one entry per image, boxes unletterboxed to
     original pixels (the heads' float32 outputs held as float64)."""
     out: list[ImageDetections] = []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stdout, leave=False):
+    for images, targets in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             dets = model.predict(images.to(device, non_blocking=True), [t["image_size"] for t in targets],
                                  [t["scale"] for t in targets], [t["orig_size"] for t in targets])
