@@ -10,6 +10,8 @@ from pathlib import Path
 import study_plots as plots
 from study_grids import Cell
 
+from minidet.diagnostics import WindowStats
+
 METRICS = ("AP", "AP50", "AP75", "AP90", "oLRP")
 # study -> extra columns: (header, key in record["late"], explanation)
 EXTRAS = {
@@ -110,20 +112,17 @@ def _smooth(xs: list[float], ys: list[float], k: int) -> tuple[list[float], list
 
 
 def _windows(runs: list[dict], key: str, size: int) -> tuple[list[float], list[float], list[float]]:
-    """Per-window (``size`` iterations) mean and sample std of a series, averaged over seeds."""
-    centres, means, stds = [], [], []
+    """Per-window (``size`` iterations) mean and sample std of a series (``WindowStats``), averaged
+    over seeds."""
     per_run = []
     for r in runs:
-        s = r["series"]
-        vals = [v for v in s.get(key, []) if v is not None]
-        per_run.append([vals[i : i + size] for i in range(0, len(vals) - size + 1, size)])
+        ws = WindowStats(size)
+        closed = (ws.update({key: v}) for v in r["series"].get(key, []) if v is not None)
+        per_run.append([stats[key] for stats in closed if stats is not None])
     n = min(len(w) for w in per_run) if per_run else 0
-    for j in range(n):
-        ms = [statistics.fmean(w[j]) for w in per_run]
-        ss = [statistics.stdev(w[j]) for w in per_run]
-        centres.append((j + 0.5) * size)
-        means.append(statistics.fmean(ms))
-        stds.append(statistics.fmean(ss))
+    centres = [(j + 0.5) * size for j in range(n)]
+    means = [statistics.fmean(w[j][0] for w in per_run) for j in range(n)]
+    stds = [statistics.fmean(w[j][1] for w in per_run) for j in range(n)]
     return centres, means, stds
 
 

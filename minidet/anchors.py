@@ -4,10 +4,11 @@
 - ``DefaultBoxGenerator``: SSD default boxes from the s_min/s_max scale rule.
 - ``GridCellGenerator``: YOLO v1 grid cells (B boxes per cell share the cell's rectangle).
 
-All return ``(priors [A, 4], num_per_level list[int])`` with the SAME flattening order the heads
-use for their outputs: level -> location (row-major: y, then x) -> prior within the location.
-Results are cached per (feature sizes, image size, device, dtype), so calling a generator on
-every forward pass costs a dictionary lookup.
+All are ``PriorGenerator``s with one signature, ``gen(feature_sizes, image_size, device, dtype)
+-> (priors [A, 4], num_per_level list[int])``, in the SAME flattening order the heads use for
+their outputs: level -> location (row-major: y, then x) -> prior within the location. Results
+are cached per (feature sizes, image size, device, dtype), so calling a generator on every
+forward pass costs a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -19,27 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator", "DefaultBoxGenerator", "GridCellGenerator"]
+__all__ = ["PriorGenerator", "AnchorGenerator", "DefaultBoxGenerator", "GridCellGenerator"]
 
 Size = tuple[int, int]  # (height, width)
-
-
-class _PriorCache:
-    """A small LRU cache of prior tensors keyed by layout, device and dtype."""
-
-    def __init__(self, capacity: int = 16) -> None:
-        self.capacity = capacity
-        self._store: OrderedDict[tuple, tuple[Tensor, list[int]]] = OrderedDict()
-
-    def get_or_make(self, key: tuple, make) -> tuple[Tensor, list[int]]:
-        if key in self._store:
-            self._store.move_to_end(key)
-            return self._store[key]
-        value = make()
-        self._store[key] = value
-        if len(self._store) > self.capacity:
-            self._store.popitem(last=False)
-        return value
 
 
 def _grid_centres(height: int, width: int, step_y: float, step_x: float, offset: float,
@@ -58,7 +41,39 @@ def _place(centres: Tensor, wh: Tensor) -> Tensor:
     return torch.cat([c - half, c + half], dim=2).reshape(-1, 4)
 
 
-class AnchorGenerator:
+class PriorGenerator:
+    """Priors of ``num_levels`` feature maps, in a small LRU cache; subclasses implement ``_make``."""
+
+    num_levels: int
+    cache_size = 16
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[tuple, tuple[Tensor, list[int]]] = OrderedDict()
+
+    def __call__(self, feature_sizes: Sequence[Size] | Size, image_size: Size | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Tensor, list[int]]:
+        """Priors [A, 4] xyxy pixels and priors per level. feature_sizes: (h, w) of every map (one
+        map may be given as its (h, w) alone); image_size: (h, w) of the input (anchors ignore it)."""
+        if isinstance(feature_sizes[0], int):
+            feature_sizes = [feature_sizes]
+        sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
+        if len(sizes) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} feature maps, got {len(sizes)}")
+        img = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        key = (sizes, img, torch.device(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._make(*key)
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def _make(self, sizes: tuple[Size, ...], img: Size | None, device: torch.device,
+              dtype: torch.dtype) -> tuple[Tensor, list[int]]:
+        raise NotImplementedError
+
+
+class AnchorGenerator(PriorGenerator):
     """RetinaNet anchors: per level ``len(ratios) * len(scales)`` anchors per location.
 
     An anchor of base size s, scale k and aspect ratio r = h / w has w = s k / sqrt(r),
@@ -79,9 +94,10 @@ class AnchorGenerator:
     ) -> None:
         if len(sizes) != len(strides):
             raise ValueError(f"need one size per stride, got {len(sizes)} sizes, {len(strides)} strides")
+        super().__init__()
         self.sizes, self.strides = list(sizes), list(strides)
         self.ratios, self.scales, self.offset = list(ratios), list(scales), offset
-        self._cache = _PriorCache()
+        self.num_levels = len(self.strides)
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -96,16 +112,7 @@ class AnchorGenerator:
         h = (side * r.sqrt()[:, None]).reshape(-1)
         return torch.stack([w, h], dim=1)
 
-    def __call__(self, feature_sizes: Sequence[Size], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, list[int]]:
-        """Anchors [A, 4] xyxy pixels and anchors per level for the given feature map sizes."""
-        if len(feature_sizes) != len(self.strides):
-            raise ValueError(f"expected {len(self.strides)} feature maps, got {len(feature_sizes)}")
-        sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
-        device = torch.device(device)
-        return self._cache.get_or_make((sizes, device, dtype), lambda: self._make(sizes, device, dtype))
-
-    def _make(self, sizes, device, dtype):
+    def _make(self, sizes, img, device, dtype):
         levels = []
         for lvl, ((h, w), stride) in enumerate(zip(sizes, self.strides, strict=True)):
             centres = _grid_centres(h, w, stride, stride, self.offset, device, torch.float64)
@@ -113,7 +120,7 @@ class AnchorGenerator:
         return torch.cat(levels), [lv.shape[0] for lv in levels]
 
 
-class DefaultBoxGenerator:
+class DefaultBoxGenerator(PriorGenerator):
     """SSD default boxes (Liu et al., 2016).
 
     Level k of m gets scale s_k = s_min + (s_max - s_min) k / (m - 1) (k = 0..m-1) unless
@@ -141,10 +148,9 @@ class DefaultBoxGenerator:
                 scales = [min_scale + (max_scale - min_scale) * k / (m - 1) for k in range(m)] + [1.0]
         if len(scales) != m + 1:
             raise ValueError(f"need {m + 1} scales for {m} levels (the last closes the list), got {len(scales)}")
+        super().__init__()
         self.aspect_ratios = [list(a) for a in aspect_ratios]
-        self.scales = list(scales)
-        self.clip = clip
-        self._cache = _PriorCache()
+        self.scales, self.clip, self.num_levels = list(scales), clip, m
 
     def num_boxes_per_location(self) -> list[int]:
         return [2 + 2 * len(a) for a in self.aspect_ratios]
@@ -157,19 +163,6 @@ class DefaultBoxGenerator:
             r = math.sqrt(a)
             wh += [(s * r, s / r), (s / r, s * r)]
         return torch.tensor(wh, dtype=torch.float64)
-
-    def __call__(self, feature_sizes: Sequence[Size], image_size: Size,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                 ) -> tuple[Tensor, list[int]]:
-        """Default boxes [A, 4] xyxy pixels for an image of (height, width)."""
-        if len(feature_sizes) != len(self.aspect_ratios):
-            raise ValueError(f"expected {len(self.aspect_ratios)} feature maps, got {len(feature_sizes)}")
-        sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
-        img = (int(image_size[0]), int(image_size[1]))
-        device = torch.device(device)
-        return self._cache.get_or_make(
-            (sizes, img, device, dtype), lambda: self._make(sizes, img, device, dtype)
-        )
 
     def _make(self, sizes, img, device, dtype):
         img_h, img_w = img
@@ -185,28 +178,21 @@ class DefaultBoxGenerator:
         return torch.cat(levels), [lv.shape[0] for lv in levels]
 
 
-class GridCellGenerator:
-    """YOLO v1 grid: the image split into S_h x S_w cells; each cell's rectangle is repeated
-    for its ``boxes_per_cell`` predictors (order: cell row-major, then predictor)."""
+class GridCellGenerator(PriorGenerator):
+    """YOLO v1 grid on one map of S_h x S_w: the image split into as many cells, each cell's
+    rectangle repeated for its ``boxes_per_cell`` predictors (order: cell row-major, then
+    predictor) -> [S_h*S_w*B, 4]."""
+
+    num_levels = 1
 
     def __init__(self, boxes_per_cell: int = 2) -> None:
         if boxes_per_cell < 1:
             raise ValueError(f"boxes_per_cell must be >= 1, got {boxes_per_cell}")
+        super().__init__()
         self.boxes_per_cell = boxes_per_cell
-        self._cache = _PriorCache()
 
-    def __call__(self, grid_size: Size, image_size: Size, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, list[int]]:
-        """Cells [S_h*S_w*B, 4] xyxy pixels covering an image of (height, width)."""
-        grid = (int(grid_size[0]), int(grid_size[1]))
-        img = (int(image_size[0]), int(image_size[1]))
-        device = torch.device(device)
-        return self._cache.get_or_make(
-            (grid, img, device, dtype), lambda: self._make(grid, img, device, dtype)
-        )
-
-    def _make(self, grid, img, device, dtype):
-        (sh, sw), (img_h, img_w) = grid, img
+    def _make(self, sizes, img, device, dtype):
+        ((sh, sw),), (img_h, img_w) = sizes, img
         ch, cw = img_h / sh, img_w / sw
         centres = _grid_centres(sh, sw, ch, cw, 0.5, device, torch.float64)
         wh = torch.tensor([[cw, ch]], dtype=torch.float64, device=device).expand(self.boxes_per_cell, 2)

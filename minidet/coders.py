@@ -8,19 +8,34 @@
 - ``YOLOCellCoder``: YOLO v1 targets: (x, y) of the box centre relative to its grid cell in
   [0, 1), (w, h) relative to the image size, optionally as sqrt(w), sqrt(h).
 
-Priors and boxes are xyxy pixels ``[..., 4]`` (any matching leading shape, or priors [A, 4]
-broadcast against [B, A, 4]). float16/bfloat16 inputs are computed and returned in float32.
+Every coder (``BoxCoder``) has ``encode(priors, boxes, image_size) -> targets`` and
+``decode(priors, targets, image_size) -> boxes``; image_size (height, width) of the input is
+needed by YOLO's only (the delta coders take it optionally). Priors and boxes are xyxy pixels
+``[..., 4]`` (any matching leading shape, or priors [A, 4] broadcast against [B, A, 4]).
+float16/bfloat16 inputs are computed and returned in float32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["DeltaXYWHCoder", "SSDCoder", "YOLOCellCoder"]
+__all__ = ["BoxCoder", "DeltaXYWHCoder", "SSDCoder", "YOLOCellCoder"]
+
+Size = tuple[int, int]  # (height, width)
+
+
+class BoxCoder(Protocol):
+    """boxes <-> regression targets relative to priors (see the module docstring)."""
+
+    def encode(self, priors: Tensor, boxes: Tensor, image_size: Size) -> Tensor: ...
+
+    def decode(self, priors: Tensor, targets: Tensor, image_size: Size) -> Tensor: ...
+
 
 DEFAULT_WH_CLAMP = math.log(1000.0 / 16)
 _MIN_SIZE = 1e-6  # widths/heights are floored here before log() so degenerate gts stay finite
@@ -71,8 +86,8 @@ class DeltaXYWHCoder:
         state.setdefault("_stats_cache", {})  # pickles of earlier versions
         self.__dict__.update(state)
 
-    def encode(self, priors: Tensor, boxes: Tensor) -> Tensor:
-        """priors [..., 4], gt boxes [..., 4] (xyxy) -> targets [..., 4]."""
+    def encode(self, priors: Tensor, boxes: Tensor, image_size: Size | None = None) -> Tensor:
+        """priors [..., 4], gt boxes [..., 4] (xyxy) -> targets [..., 4]; image_size unused."""
         px, py, pw, ph = _cxcywh(priors)
         gx, gy, gw, gh = _cxcywh(boxes)
         deltas = torch.stack(
@@ -87,8 +102,8 @@ class DeltaXYWHCoder:
         mean, std = self._stats(deltas)
         return (deltas - mean) / std
 
-    def decode(self, priors: Tensor, deltas: Tensor) -> Tensor:
-        """priors [..., 4], predicted targets [..., 4] -> boxes [..., 4] (xyxy)."""
+    def decode(self, priors: Tensor, deltas: Tensor, image_size: Size | None = None) -> Tensor:
+        """priors [..., 4], predicted targets [..., 4] -> boxes [..., 4] (xyxy); image_size unused."""
         deltas = _upcast(deltas)
         mean, std = self._stats(deltas)
         d = deltas * std + mean
@@ -121,10 +136,10 @@ class YOLOCellCoder:
     def __init__(self, sqrt_wh: bool = True) -> None:
         self.sqrt_wh = sqrt_wh
 
-    def encode(self, cells: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """cells [..., 4], boxes [..., 4] xyxy, image_size (height, width) -> targets [..., 4]."""
+    def encode(self, priors: Tensor, boxes: Tensor, image_size: Size) -> Tensor:
+        """grid cells [..., 4], boxes [..., 4] xyxy, image_size (height, width) -> targets [..., 4]."""
         img_h, img_w = image_size
-        cells = _upcast(cells)
+        cells = _upcast(priors)
         gx, gy, gw, gh = _cxcywh(boxes)
         cw, ch = cells[..., 2] - cells[..., 0], cells[..., 3] - cells[..., 1]
         w, h = gw.clamp(min=0) / img_w, gh.clamp(min=0) / img_h
@@ -132,11 +147,11 @@ class YOLOCellCoder:
             w, h = w.sqrt(), h.sqrt()
         return torch.stack([(gx - cells[..., 0]) / cw, (gy - cells[..., 1]) / ch, w, h], dim=-1)
 
-    def decode(self, cells: Tensor, preds: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """cells [..., 4], predictions [..., 4] -> boxes [..., 4] xyxy pixels."""
+    def decode(self, priors: Tensor, preds: Tensor, image_size: Size) -> Tensor:
+        """grid cells [..., 4], predictions [..., 4], image_size (height, width) -> boxes [..., 4] xyxy."""
         img_h, img_w = image_size
         preds = _upcast(preds)
-        cells = cells.to(preds.dtype)
+        cells = priors.to(preds.dtype)
         cw, ch = cells[..., 2] - cells[..., 0], cells[..., 3] - cells[..., 1]
         cx = cells[..., 0] + preds[..., 0] * cw
         cy = cells[..., 1] + preds[..., 1] * ch

@@ -84,7 +84,6 @@ MODEL_KEYS: dict = {
     "ssd": (*_COMMON_MODEL, "neg_pos_ratio"),
     "yolo": _COMMON_MODEL,
 }
-ALL_MODEL_KEYS = tuple(dict.fromkeys(k for keys in MODEL_KEYS.values() for k in keys))
 
 
 class ConfigError(ValueError):

@@ -33,9 +33,8 @@ import torch
 
 from .api import DEFAULT_WEIGHTS, load
 from .cli import HelpFormatter
-from .data.image_io import read_rgb, write_rgb
+from .data.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb
 from .data.problems import DataError
-from .data.voc import IMAGE_SUFFIXES
 from .engine.checkpoint import CheckpointError
 from .visualize import DRAW_MIN_SIDE, draw_detections
 

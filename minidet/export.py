@@ -33,15 +33,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
-        boxes = self.model.decode(out)
-        post = self.model.postprocess
-        if post.kind == "softmax":
-            scores = torch.softmax(out.cls_logits, -1)[..., :-1]
-        elif post.kind == "yolo":
-            scores = torch.sigmoid(out.objectness)[..., None] * torch.softmax(out.cls_logits, -1)
-        else:
-            scores = torch.sigmoid(out.cls_logits)
-        return boxes, scores
+        return self.model.decode(out), self.model.postprocess.scores(out)  # predict()'s decoding and scoring
 
 
 def export(weights: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> tuple[Path, float]:

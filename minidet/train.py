@@ -1,9 +1,10 @@
 """Train a detector: ``python -m minidet.train`` (also ``minidet-train``).
 
-With no flags it trains the default small RetinaNet on the built-in shapes dataset on the CPU
-and ends with a COCO AP table and a checkpoint in runs/. Every flag has a default and help;
-``--config train/RECIPE.yaml`` loads a recipe whose keys are these flags (flags given on the
-command line win). Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m minidet.train ...``.
+With no flags it trains the default small RetinaNet on the built-in shapes dataset on CUDA when
+available, else on the CPU, and ends with a COCO AP table and a checkpoint in runs/. Every flag
+has a default and help; ``--config train/RECIPE.yaml`` loads a recipe whose keys are these
+flags (flags given on the command line win). Multi-GPU / multi-node:
+``torchrun --nproc_per_node=N -m minidet.train ...``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,17 @@ from .data import EvalTransform, TrainTransform, build_dataset
 from .data.mosaic import Mosaic
 from .data.problems import DataError
 from .data.transforms import AUGMENTS
-from .engine.checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
+from .engine.checkpoint import (
+    CheckpointError,
+    checkpoint_weights,
+    load_checkpoint,
+    load_matching_state,
+)
 from .engine.distributed import barrier, cleanup, init_distributed, is_main
 from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
-from .models import BACKBONES, MODELS, build_model, load_matching_state
+from .losses import CLASSIFICATION_LOSSES, RANKING_LOSSES, REGRESSION_LOSSES
+from .models import BACKBONES, MODELS, build_model
 from .weighting import WEIGHTINGS
 
 
@@ -59,15 +66,6 @@ def _int_or_auto(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
-
-
-def _workers(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
       "preset small 100)")
     a("--clip-grad", type=float, help="max gradient norm, 0: no clipping (default 0; preset small 10)")
     a("--ema", **flag, help="keep an EMA of the weights for evaluation (default: off; preset small on)")
-    a("--cls-loss", help="classification loss (default: the family's: focal / ce / yolo_sse); "
-      "also ap, alrp for RetinaNet")
-    a("--reg-loss", help="regression loss: l1, l2, smooth_l1, iou, giou, diou, ciou (default: the family's: "
+    a("--cls-loss", choices=[*CLASSIFICATION_LOSSES, *RANKING_LOSSES], help="classification loss (default: the "
+      "family's: focal / ce / yolo_sse); the ranking losses ap, alrp train RetinaNet")
+    a("--reg-loss", choices=list(REGRESSION_LOSSES), help="regression loss (default: the family's: "
       "l1 / smooth_l1 / l2; preset small RetinaNet giou)")
     a("--assigner", help="maxiou or atss (RetinaNet), ssd or maxiou (SSD), yolo (default: the family's: "
       "maxiou / ssd / yolo; preset small RetinaNet atss)")
@@ -163,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"],
       help="mixed precision: --amp (float16 + GradScaler, CUDA) or --amp bf16")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    a("--workers", type=_workers, help="DataLoader processes per training process, or 'auto' (default: on CPU "
+    a("--workers", type=_int_or_auto, help="DataLoader processes per training process, or 'auto' (default: on CPU "
       "none up to 2 cores, else cores / 4, the other cores for the network's threads; on CUDA up to 8)")
     a("--sync-bn", **flag, help="SyncBatchNorm across processes (DDP)")
     a("--channels-last", **flag, help="run the network in channels-last memory format (faster convolutions on "

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import torch
 
-from minidet.engine.checkpoint import load_checkpoint, model_from_checkpoint, slim_checkpoint
+from minidet.engine.checkpoint import (
+    load_checkpoint,
+    load_matching_state,
+    model_from_checkpoint,
+    slim_checkpoint,
+)
 from minidet.engine.ema import ModelEMA
-from minidet.models import build_model, load_matching_state
+from minidet.models import build_model
 from minidet.train import main
 
 ROOT = Path(__file__).resolve().parents[1]

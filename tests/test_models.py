@@ -7,7 +7,8 @@ import urllib.error
 import pytest
 import torch
 
-from minidet.models import build_backbone, build_model, load_matching_state
+from minidet.engine.checkpoint import load_matching_state
+from minidet.models import build_backbone, build_model
 from minidet.structures import HeadOutput
 
 SIZES = [(128, 128), (96, 160), (101, 157)]  # square, non-square, not a multiple of 32

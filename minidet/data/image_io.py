@@ -24,6 +24,7 @@ from .problems import DataError
 # OpenCV applies the EXIF orientation unless IMREAD_IGNORE_ORIENTATION is given: keep it that way
 # (the displayed orientation is the policy, see the module docstring).
 DECODE_FLAGS = cv2.IMREAD_COLOR
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # image files in a folder
 ORIENTATION_TAG = 0x0112
 SWAPS_SIDES = (5, 6, 7, 8)  # transpose, rotate 90 / 270, transverse: width and height exchange
 

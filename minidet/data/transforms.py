@@ -158,7 +158,7 @@ class EvalTransform:
         r = self.size / max(h, w)
         nw, nh = max(1, round(w * r)), max(1, round(h * r))
         sx, sy = nw / w, nh / h
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR if r < 1 else cv2.INTER_LINEAR)
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         canvas = np.empty((self.size, self.size, 3), np.uint8)
         canvas[:] = MEAN_RGB
         canvas[:nh, :nw] = resized

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DetectionDataset, Record, clean_boxes
-from .image_io import image_size
+from .image_io import IMAGE_SUFFIXES, image_size
 from .problems import DataError, DataReport
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
@@ -36,11 +34,6 @@ def _number(node, tag: str, xml: Path):
         return float(text)
     except (TypeError, ValueError):
         raise ValueError(f"{xml}: <{tag}> must be a number, got {text!r}") from None
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed, EXIF orientation applied (header only; see image_io)."""
-    return image_size(path)
 
 
 def voc_class_names(root: str | Path) -> list[str]:
@@ -102,7 +95,7 @@ def read_voc(root: str | Path, split: str | None, class_names: Sequence[str], re
             if size is not None and size.findtext("width"):
                 w, h = int(_number(size, "width", xml)), int(_number(size, "height", xml))
             else:
-                w, h = _image_size(path)
+                w, h = image_size(path)  # as displayed (EXIF orientation applied)
             boxes, labels, difficult, where = [], [], [], []
             for i, obj in enumerate(tree.findall("object")):
                 name = (obj.findtext("name") or "").strip()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DetectionDataset, Record, clean_boxes
+from .image_io import IMAGE_SUFFIXES, image_size
 from .problems import DataError, DataReport
-from .voc import IMAGE_SUFFIXES, _image_size
 
 
 def labels_dir_for(images: Path) -> Path:
@@ -52,7 +52,7 @@ def read_yolo(images: str | Path | Sequence[str | Path], class_names: Sequence[s
             report.problem("missing image file", f"{path}: listed in the split but not found")
             continue
         try:
-            w, h = _image_size(path)
+            w, h = image_size(path)
         except DataError as err:
             report.problem("unreadable image", str(err))
             continue

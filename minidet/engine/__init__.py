@@ -1,1 +1,2 @@
-"""minidet.engine: checkpoints (and, with the training issue, the trainer and friends)."""
+"""minidet.engine: the training loop (``trainer``) and its parts: checkpoints, optimiser, LR
+schedule, EMA, run logs, progress display, DDP helpers and thread / worker counts."""

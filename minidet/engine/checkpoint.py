@@ -24,7 +24,7 @@ import torch
 from ..models import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "slim_checkpoint", "CheckpointError",
-           "remove_stale_temp_files", "checkpoint_weights"]
+           "remove_stale_temp_files", "checkpoint_weights", "load_matching_state"]
 
 INFERENCE_KEYS = ("model", "model_weights", "config", "class_names", "img_size", "data", "category_ids")
 
@@ -137,6 +137,29 @@ def model_from_checkpoint(state: dict | str | Path, map_location: str | torch.de
     model.class_names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     model.img_size = state.get("img_size")
     return model, state
+
+
+def load_matching_state(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                        verbose: bool = True) -> tuple[list[str], list[str]]:
+    """Fine-tuning: load every tensor of ``state`` whose name and shape match ``model``; the others
+    (e.g. the class layers when the number of classes changed) keep their fresh initialisation.
+    -> (kept names, re-initialised names); prints a summary when ``verbose``."""
+    own = model.state_dict()
+
+    def same(k, v) -> bool:  # tensors must agree in shape; extra state (ALWA / SB records) is kept as is
+        return k in own and (getattr(own[k], "shape", None) == getattr(v, "shape", None))
+
+    kept = [k for k, v in state.items() if same(k, v)]
+    reinit = [k for k in own if k not in kept]
+    model.load_state_dict({k: state[k] for k in kept}, strict=False)
+    if verbose:
+        print(f"loaded {len(kept)} of {len(own)} tensors from the checkpoint; re-initialised {len(reinit)}:")
+        for k in reinit:
+            reason = "shape differs" if k in state else "not in checkpoint"
+            shape = tuple(getattr(own[k], "shape", ()))
+            print(f"  {k} ({reason}: model {shape}"
+                  + (f", checkpoint {tuple(getattr(state[k], 'shape', ()))})" if k in state else ")"))
+    return kept, reinit
 
 
 def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True, **overrides) -> Path:

@@ -35,15 +35,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def gather_objects(obj) -> list:
-    """Every rank's ``obj`` (in rank order) on every rank; [obj] without distribution."""
-    if world_size() == 1:
-        return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def get_rank() -> int:
     """This process's rank; 0 without distribution."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -52,8 +43,8 @@ def get_rank() -> int:
 def gather_to_main(obj, group=None) -> list | None:
     """Every rank's ``obj`` (in rank order) on rank 0, None on the others: a collective over
     ``group`` (all processes: the default group, or a group of every rank with another backend,
-    e.g. gloo beside NCCL); [obj] without distribution. Cheaper than ``gather_objects`` when
-    only rank 0 needs the result."""
+    e.g. gloo beside NCCL); [obj] without distribution. Cheaper than an all-gather when only
+    rank 0 needs the result."""
     if world_size() == 1:
         return [obj]
     out = [None] * world_size() if is_main() else None

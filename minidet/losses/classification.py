@@ -39,13 +39,8 @@ def _split_ignored(targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     return valid, torch.where(valid, targets, torch.zeros_like(targets))
 
 
-def softmax_cross_entropy(
-    logits: Tensor,
-    targets: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = -1,
-) -> Tensor:
+def softmax_cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None = None,
+                          reduction: str = "mean", ignore_index: int = -1) -> Tensor:
     """-log softmax(logits)[target]. logits [N, C], targets [N] int64 -> [N] or scalar.
 
     Computed as logsumexp(x) - x[target] (stable for any logit size). Entries whose target
@@ -62,23 +57,16 @@ def softmax_cross_entropy(
     return reduce_loss(loss, weight, reduction)
 
 
-def binary_cross_entropy(
-    logits: Tensor, targets: Tensor, weight: Tensor | None = None, reduction: str = "mean"
-) -> Tensor:
+def binary_cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None = None,
+                         reduction: str = "mean") -> Tensor:
     """Element-wise BCE on logits: -(t log sigma(x) + (1 - t) log(1 - sigma(x))), any shape."""
     x, t = as_float32(logits), as_float32(targets).to(as_float32(logits).dtype)
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     return reduce_loss(loss, weight, reduction)
 
 
-def sigmoid_focal_loss(
-    logits: Tensor,
-    targets: Tensor,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-    weight: Tensor | None = None,
-    reduction: str = "sum",
-) -> Tensor:
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+                       weight: Tensor | None = None, reduction: str = "sum") -> Tensor:
     """RetinaNet's focal loss FL = -alpha_t (1 - p_t)^gamma log(p_t) on sigmoid logits.
 
     logits and targets (0/1 or soft labels) of any equal shape; alpha < 0 disables the
@@ -215,13 +203,8 @@ def _pow(x: Tensor, gamma: float) -> Tensor:
     return x.pow(gamma)
 
 
-def sigmoid_focal_loss_from_labels(
-    logits: Tensor,
-    labels: Tensor,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-    weight: Tensor | None = None,
-) -> Tensor:
+def sigmoid_focal_loss_from_labels(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+                                   weight: Tensor | None = None) -> Tensor:
     """Summed sigmoid focal loss for one-hot targets given as class labels (fast path).
 
     logits [N, C]; labels [N]: the positive class of each row, or any value outside 0..C-1
@@ -238,15 +221,8 @@ def sigmoid_focal_loss_from_labels(
         return _FocalFromLabels.apply(logits, labels, w, float(alpha), float(gamma))
 
 
-def softmax_focal_loss(
-    logits: Tensor,
-    targets: Tensor,
-    gamma: float = 2.0,
-    alpha: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "sum",
-    ignore_index: int = -1,
-) -> Tensor:
+def softmax_focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
+                       weight: Tensor | None = None, reduction: str = "sum", ignore_index: int = -1) -> Tensor:
     """Focal loss on a softmax: -alpha[t] (1 - p_t)^gamma log p_t. logits [N, C], targets [N].
 
     ``alpha`` is an optional per-class weight [C] (e.g. a lower weight for the background
@@ -263,14 +239,8 @@ def softmax_focal_loss(
     return reduce_loss(loss, weight, reduction)
 
 
-def yolo_sse(
-    probs: Tensor,
-    targets: Tensor,
-    obj_mask: Tensor | None = None,
-    lambda_noobj: float = 0.5,
-    weight: Tensor | None = None,
-    reduction: str = "sum",
-) -> Tensor:
+def yolo_sse(probs: Tensor, targets: Tensor, obj_mask: Tensor | None = None, lambda_noobj: float = 0.5,
+             weight: Tensor | None = None, reduction: str = "sum") -> Tensor:
     """YOLO v1's sum-squared error on probabilities (any equal shapes).
 
     For confidences: probs [N] (predicted, in [0, 1]), targets [N] (IoU of the responsible
@@ -285,14 +255,8 @@ def yolo_sse(
     return reduce_loss(loss, weight, reduction)
 
 
-def multiclass_hinge_loss(
-    logits: Tensor,
-    targets: Tensor,
-    margin: float = 1.0,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = -1,
-) -> Tensor:
+def multiclass_hinge_loss(logits: Tensor, targets: Tensor, margin: float = 1.0, weight: Tensor | None = None,
+                          reduction: str = "mean", ignore_index: int = -1) -> Tensor:
     """Multi-class SVM hinge loss: sum_{c != t} max(0, margin - x_t + x_c) / C.
 
     logits [N, C], targets [N] -> [N] or scalar; the same normalisation as

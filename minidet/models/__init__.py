@@ -5,12 +5,12 @@ from .detector import (
     MODELS,
     TRAINING_DEFAULTS,
     Detector,
+    ModelOptions,
     PostProcess,
     build_model,
     family_options,
-    load_matching_state,
 )
 from .fpn import FPN
 
-__all__ = ["BACKBONES", "build_backbone", "MODELS", "TRAINING_DEFAULTS", "Detector", "PostProcess", "build_model",
-           "family_options", "load_matching_state", "FPN"]
+__all__ = ["BACKBONES", "build_backbone", "MODELS", "TRAINING_DEFAULTS", "Detector", "ModelOptions", "PostProcess",
+           "build_model", "family_options", "FPN"]

@@ -12,8 +12,8 @@ use xyxy pixels and 0-based labels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -22,16 +22,22 @@ from ..anchors import AnchorGenerator, DefaultBoxGenerator, GridCellGenerator
 from ..assigners import ATSSAssigner, MaxIoUAssigner, SSDMatcher
 from ..boxes import clip_boxes_to_image
 from ..coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
-from ..criterion import DenseCriterion, RankingCriterion, SSDCriterion, YOLOCriterion
+from ..criterion import (
+    DenseCriterion,
+    RankingCriterion,
+    SigmoidClassification,
+    SSDCriterion,
+    YOLOCriterion,
+)
+from ..losses import RANKING_LOSSES
 from ..nms import batched_nms
 from ..structures import HeadOutput
 from ..weighting import WEIGHTINGS
 from .backbones import build_backbone
 from .fpn import FPN
-from .heads import RetinaNetHead, SSDExtras, SSDHead, YOLOHead
+from .heads import DenseHead, RetinaNetHead, SSDExtras, SSDHead, YOLOHead
 
-__all__ = ["Detector", "PostProcess", "build_model", "family_options", "load_matching_state", "MODELS",
-           "TRAINING_DEFAULTS"]
+__all__ = ["Detector", "PostProcess", "ModelOptions", "build_model", "family_options", "MODELS", "TRAINING_DEFAULTS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,36 +45,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class PostProcess:
-    """Decode + score threshold + top-k per level + class-aware NMS + max detections.
+    """Score + threshold + top-k per level + class-aware NMS + max detections.
 
-    kind: "sigmoid" (score = sigmoid(logit) per class), "softmax" (softmax over C + 1, the last
-    column is background) or "yolo" (score = sigmoid(confidence) * softmax(class logits)).
+    scores: the head's scoring rule (``DenseHead.scores``), HeadOutput -> class scores [B, A, C];
+    predict() and export score through it.
     """
 
-    kind: str = "sigmoid"
+    scores: Callable[[HeadOutput], Tensor]
     score_thresh: float = 0.05
     topk_per_level: int = 1000
     nms_thresh: float = 0.5
     max_det: int = 100
 
-    def scores(self, out: HeadOutput, b: int) -> Tensor:
-        """[A, C] class scores of image b."""
-        logits = out.cls_logits[b].float()
-        if self.kind == "softmax":
-            return torch.softmax(logits, -1)[:, :-1]
-        if self.kind == "yolo":
-            return torch.sigmoid(out.objectness[b].float())[:, None] * torch.softmax(logits, -1)
-        return torch.sigmoid(logits)
-
     def __call__(self, out: HeadOutput, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
         """boxes: decoded [B, A, 4]; image_sizes: (h, w) of every image before padding."""
+        scores = self.scores(out)
+        c = scores.shape[-1]
         results = []
         for b in range(boxes.shape[0]):
-            scores = self.scores(out, b)
-            c = scores.shape[1]
             kept_idx, kept_scores, start = [], [], 0
             for n in out.num_per_level:
-                s = scores[start : start + n].reshape(-1)
+                s = scores[b, start : start + n].reshape(-1)
                 cand = torch.nonzero(s > self.score_thresh).squeeze(1)
                 order = torch.sort(s[cand], descending=True, stable=True).indices[: self.topk_per_level]
                 kept_idx.append(cand[order] + start * c)
@@ -94,20 +91,23 @@ class Detector(nn.Module):
     (``model.criterion.state_dict()``; the trainer saves it as "criterion" and gives its
     parameters to the optimizer). ``.to()`` / ``.cuda()`` / ``.train()`` reach the criterion too,
     and loading an older state dict that still holds "criterion.*" entries routes them to it.
+    The head owns the priors and the box coder; the criterion is given the same coder.
     """
 
-    def __init__(self, family: str, backbone: nn.Module, neck: nn.Module | None, head: nn.Module,
-                 priors, coder, criterion: nn.Module, postprocess: PostProcess, num_classes: int,
-                 config: dict | None = None, channels_last: bool = False) -> None:
+    coder = property(lambda self: self.head.coder, doc="The head's box coder.")
+    prior_generator = property(lambda self: self.head.prior_generator, doc="The head's prior generator.")
+
+    def __init__(self, *, backbone: nn.Module, neck: nn.Module, head: DenseHead, criterion: nn.Module,
+                 postprocess: PostProcess, family: str, num_classes: int, config: dict | None = None,
+                 channels_last: bool = False, size_divisor: int = 32) -> None:
         super().__init__()
-        self.family = family
+        self.family, self.num_classes = family, num_classes
         self.backbone, self.neck, self.head = backbone, neck, head
-        self.prior_generator, self.coder = priors, coder
         object.__setattr__(self, "criterion", criterion)  # beside the network, not registered (see above)
         self.postprocess = postprocess
-        self.num_classes = num_classes
         self.config = dict(config or {})
         self.channels_last = channels_last
+        self.size_divisor = size_divisor  # batches are padded to a multiple of it
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._register_load_state_dict_pre_hook(self._route_criterion_state, with_module=False)
@@ -140,26 +140,11 @@ class Detector(nn.Module):
         x = (images - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.backbone(x)
-        return self.neck(feats) if self.neck is not None else feats
+        return self.neck(self.backbone(x))
 
     def forward(self, images: Tensor) -> HeadOutput:
         """images [B, 3, H, W] in [0, 1] -> HeadOutput (float32 logits / regressions)."""
-        feats = self.features(images)
-        size = (images.shape[-2], images.shape[-1])
-        objectness = None
-        if self.family == "yolo":
-            cls, box, objectness = self.head(feats[-1])
-            grid = feats[-1].shape[-2:]
-            priors, npl = self.prior_generator(grid, size, images.device)
-        else:
-            cls, box = self.head(feats)
-            sizes = [f.shape[-2:] for f in feats]
-            if self.family == "ssd":
-                priors, npl = self.prior_generator(sizes, size, images.device)
-            else:
-                priors, npl = self.prior_generator(sizes, images.device)
-        return HeadOutput(cls, box, priors, npl, size, objectness)
+        return self.head(self.features(images), (images.shape[-2], images.shape[-1]))
 
     def loss(self, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
         """The criterion's LossDict for a batch; ``loss["loss"]`` is what to backpropagate."""
@@ -167,9 +152,7 @@ class Detector(nn.Module):
 
     def decode(self, out: HeadOutput) -> Tensor:
         """Decoded boxes [B, A, 4] in input pixels."""
-        if self.family == "yolo":
-            return self.coder.decode(out.priors, out.box_regression, out.image_size)
-        return self.coder.decode(out.priors, out.box_regression)
+        return self.head.coder.decode(out.priors, out.box_regression, out.image_size)
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
@@ -197,15 +180,13 @@ class Detector(nn.Module):
 
 # ------------------------------------------------------------------------------ building
 
-DENSE_CLS = ("focal", "bce", "yolo_sse")
-RANKING_CLS = ("ap", "alrp")
 FAMILY_DEFAULTS = {
     "retinanet": {"cls_loss": "focal", "reg_loss": "l1", "assigner": "maxiou",
-                  "post": PostProcess("sigmoid", 0.05, 1000, 0.5, 100)},
+                  "score_thresh": 0.05, "topk_per_level": 1000, "nms_thresh": 0.5, "max_det": 100},
     "ssd": {"cls_loss": "ce", "reg_loss": "smooth_l1", "assigner": "ssd",
-            "post": PostProcess("softmax", 0.01, 400, 0.45, 200)},
+            "score_thresh": 0.01, "topk_per_level": 400, "nms_thresh": 0.45, "max_det": 200},
     "yolo": {"cls_loss": "yolo_sse", "reg_loss": "l2", "assigner": "yolo",
-             "post": PostProcess("yolo", 0.05, 1000, 0.5, 100)},
+             "score_thresh": 0.05, "topk_per_level": 1000, "nms_thresh": 0.5, "max_det": 100},
 }
 SSD_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 # SSD300 on VGG-16 as published (Caffe SSD): extras conv8_2 .. conv11_2 (38, 19, 10, 5, 3, 1 maps
@@ -221,23 +202,57 @@ TRAINING_DEFAULTS = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """The options of ``build_model``. None for cls_loss, reg_loss, assigner, fpn_channels,
+    head_convs and score_thresh .. max_det: the family's default (``family_options``)."""
+
+    cls_loss: str | None = None
+    reg_loss: str | None = None
+    assigner: str | None = None  # retinanet: maxiou, atss; ssd: ssd, maxiou; yolo: yolo
+    weighting: str | None = None  # fixed, alwa1, alwa2, self_balance, uncertainty; None: the criterion's
+    alwa_interval: int = 100
+    sb_period: int | None = None  # self-balance's update period; None: once per epoch
+    loss_weights: tuple[float, float] | None = None  # (cls, reg): fixed weights, or ALWA's initial ones
+    alrp_iou: str = "giou"  # "giou" or "iou"
+    neg_pos_ratio: float | None = 3.0  # SSD hard negatives per positive; None: no mining, every negative
+    ignore_iof_thr: float | None = 0.5  # priors mostly inside crowd / difficult regions are ignored; None: off
+    fpn_channels: int | None = None
+    head_convs: int | None = None
+    head_norm: str | None = None  # None or "gn"
+    p6_from: str = "c5"  # or "p5"
+    # RetinaNet's anchors (sizes: one per level); None: the assigner's (ATSS: one square anchor of
+    # 8 x stride per location; Max-IoU: 32..512, scales 2^0, 2^(1/3), 2^(2/3), ratios 0.5, 1, 2)
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_scales: tuple[float, ...] | None = None
+    anchor_ratios: tuple[float, ...] | None = None
+    coder_stds: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # RetinaNet's delta coder
+    boxes_per_cell: int = 2  # YOLO
+    sqrt_wh: bool = True  # YOLO: predict sqrt w, sqrt h as the paper, or w, h directly
+    channels_last: bool = False
+    frozen_stages: int | None = None  # ResNets; None: the backbone's default
+    frozen_bn: bool | None = None  # ResNets; None: the backbone's default
+    width: float | None = None  # tiny backbone; None: the backbone's default
+    score_thresh: float | None = None
+    topk_per_level: int | None = None
+    nms_thresh: float | None = None
+    max_det: int | None = None
+
+
 def family_options(name: str, backbone: str = "tiny") -> dict:
     """Every ``build_model`` option of family ``name`` on ``backbone`` at its default (the
     published setting of the family: RetinaNet = focal + L1, Max-IoU 0.5 / 0.4, anchors 32..512
     with 3 scales x 3 ratios, no head norm; SSD = softmax CE with 3:1 hard negatives + Smooth L1;
-    YOLO v1 = sum-squared errors). ``anchor_sizes`` / ``anchor_scales`` / ``anchor_ratios`` None:
-    the assigner's default (ATSS: one square anchor of 8 x stride per location; Max-IoU: 32..512
-    with scales 2^0, 2^(1/3), 2^(2/3) and ratios 0.5, 1, 2)."""
+    YOLO v1 = sum-squared errors)."""
+    return asdict(_with_family_defaults(ModelOptions(), name, backbone))
+
+
+def _with_family_defaults(opts: ModelOptions, name: str, backbone: str) -> ModelOptions:
     if name not in FAMILY_DEFAULTS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(FAMILY_DEFAULTS)}")
-    d = FAMILY_DEFAULTS[name]
-    return {"cls_loss": d["cls_loss"], "reg_loss": d["reg_loss"], "assigner": d["assigner"],
-            "weighting": None, "alwa_interval": 100, "sb_period": None,
-            "loss_weights": None, "alrp_iou": "giou", "neg_pos_ratio": 3.0, "boxes_per_cell": 2,
-            "fpn_channels": 256 if backbone != "tiny" else 96, "head_convs": 4 if backbone != "tiny" else 2,
-            "head_norm": None, "p6_from": "c5", "anchor_sizes": None, "anchor_scales": None,
-            "anchor_ratios": None, "coder_stds": (1.0, 1.0, 1.0, 1.0), "channels_last": False,
-            "sqrt_wh": True, "ignore_iof_thr": 0.5}
+    big = backbone != "tiny"
+    defaults = {**FAMILY_DEFAULTS[name], "fpn_channels": 256 if big else 96, "head_convs": 4 if big else 2}
+    return replace(opts, **{k: v for k, v in defaults.items() if getattr(opts, k) is None})
 
 
 def _weighting(name: str | None, alwa_interval: int, sb_period: int | None,
@@ -271,72 +286,55 @@ def _criterion(family: str, opts: dict, weighting, coder=None):
         if assigner not in assigners:
             raise ValueError(f"assigner {assigner!r} cannot train a RetinaNet head; valid choices: maxiou, atss")
         a = assigners[assigner](ignore_iof_thr=opts["ignore_iof_thr"])
-        if cls in RANKING_CLS:
+        if cls in RANKING_LOSSES:
             return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting, alrp_iou=opts["alrp_iou"],
                                     coder=coder)
-        if cls not in DENSE_CLS:
+        if cls not in SigmoidClassification.LOSSES:
             raise ValueError(f"classification loss {cls!r} cannot train a RetinaNet (sigmoid) head; valid choices: "
-                             f"{', '.join(DENSE_CLS + RANKING_CLS)}")
+                             f"{', '.join(SigmoidClassification.LOSSES + tuple(RANKING_LOSSES))}")
         return DenseCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, coder=coder)
     if family == "ssd":
         if assigner not in ("ssd", "maxiou"):
             raise ValueError(f"assigner {assigner!r} cannot train an SSD head; valid choices: ssd, maxiou")
         a = (SSDMatcher if assigner == "ssd" else MaxIoUAssigner)(ignore_iof_thr=opts["ignore_iof_thr"])
-        return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, neg_pos_ratio=opts["neg_pos_ratio"])
+        return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, neg_pos_ratio=opts["neg_pos_ratio"],
+                            coder=coder)
     if assigner != "yolo":
         raise ValueError(f"assigner {assigner!r} cannot train a YOLO head; valid choice: yolo")
     return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting,
-                         coder=YOLOCellCoder(sqrt_wh=opts["sqrt_wh"]), ignore_iof_thr=opts["ignore_iof_thr"])
+                         coder=coder, ignore_iof_thr=opts["ignore_iof_thr"])
 
 
-def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained: bool = False, **options) -> Detector:
-    """A detector of family ``name`` ("retinanet", "ssd", "yolo") on ``backbone``.
-
-    Options (all optional): cls_loss, reg_loss, assigner, weighting (fixed, alwa1, alwa2,
-    self_balance, uncertainty), alwa_interval, sb_period, loss_weights ((cls, reg): fixed
-    weights, or ALWA's initial ones), alrp_iou ("giou" or "iou"), neg_pos_ratio (SSD hard
-    negatives per positive; None: no mining, every negative); anchor_sizes (RetinaNet, one per
-    level), anchor_scales, anchor_ratios (RetinaNet; given with ATSS they replace its single
-    square anchor), coder_stds (RetinaNet's delta coder), fpn_channels, head_convs, head_norm
-    ("gn"), p6_from; boxes_per_cell (YOLO);
-    sqrt_wh (YOLO: predict sqrt w, sqrt h as the paper, or w, h directly); ignore_iof_thr
-    (priors mostly inside a crowd / difficult region are ignored, default 0.5; None: they train
-    as background, as torchvision's and detectron2's references do); score_thresh,
-    topk_per_level, nms_thresh, max_det; frozen_stages, frozen_bn, width (tiny backbone);
-    channels_last.
-    """
+def build_model(name: str, num_classes: int, *, backbone: str = "tiny", pretrained: bool = False,
+                **options) -> Detector:
+    """A detector of family ``name`` ("retinanet", "ssd", "yolo") on ``backbone``; ``options``
+    are the fields of ``ModelOptions`` (an unknown one is an error)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    opts = family_options(name, backbone)
-    defaults = FAMILY_DEFAULTS[name]
-    unknown = set(options) - set(opts) - {"score_thresh", "topk_per_level", "nms_thresh", "max_det",
-                                          "frozen_stages", "frozen_bn", "width"}
+    unknown = sorted(set(options) - {f.name for f in fields(ModelOptions)})
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for build_model")
-    opts.update({k: v for k, v in options.items() if k in opts})
-    if opts["ignore_iof_thr"] is not None and opts["ignore_iof_thr"] < 0:
-        opts["ignore_iof_thr"] = None  # a negative threshold turns ignore regions off
-    bb_opts = {k: options[k] for k in ("frozen_stages", "frozen_bn", "width") if k in options}
+        raise ValueError(f"unknown option(s) {unknown} for build_model")
+    opts = _with_family_defaults(ModelOptions(**options), name, backbone)
+    if opts.ignore_iof_thr is not None and opts.ignore_iof_thr < 0:
+        opts = replace(opts, ignore_iof_thr=None)  # a negative threshold turns ignore regions off
+    bb_opts = {k: getattr(opts, k) for k in ("frozen_stages", "frozen_bn", "width") if getattr(opts, k) is not None}
     bb = build_backbone(backbone, pretrained, **bb_opts)
-    post_defaults = defaults["post"]
-    post = PostProcess(post_defaults.kind, *(options.get(k, getattr(post_defaults, k))
-                                             for k in ("score_thresh", "topk_per_level", "nms_thresh", "max_det")))
-    weighting = _weighting(opts["weighting"], opts["alwa_interval"], opts["sb_period"], opts["loss_weights"])
+    weighting = _weighting(opts.weighting, opts.alwa_interval, opts.sb_period, opts.loss_weights)
     config = {"name": name, "num_classes": num_classes, "backbone": backbone, **options}
 
     size_divisor = 32  # the FPN adds maps of neighbouring levels: their sizes must halve exactly
     if name == "retinanet":
-        neck = FPN(bb.out_channels, opts["fpn_channels"], extra_levels=2, p6_from=opts["p6_from"])
+        neck = FPN(bb.out_channels, opts.fpn_channels, extra_levels=2, p6_from=opts.p6_from)
         strides = (8, 16, 32, 64, 128)
-        if opts["assigner"] == "atss":  # one square anchor per location, 8 x stride (ATSS)
+        if opts.assigner == "atss":  # one square anchor per location, 8 x stride (ATSS)
             sizes, scales, ratios = tuple(8 * s for s in strides), (1.0,), (1.0,)
         else:
             sizes, scales, ratios = (32, 64, 128, 256, 512), (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0)
-        gen = AnchorGenerator(tuple(opts["anchor_sizes"] or sizes), strides,
-                              ratios=tuple(opts["anchor_ratios"] or ratios), scales=tuple(opts["anchor_scales"] or scales))
-        head = RetinaNetHead(opts["fpn_channels"], gen.num_anchors_per_location, num_classes,
-                             opts["head_convs"], opts["head_norm"])
-        coder = DeltaXYWHCoder(stds=tuple(opts["coder_stds"]))
+        gen = AnchorGenerator(tuple(opts.anchor_sizes or sizes), strides,
+                              ratios=tuple(opts.anchor_ratios or ratios), scales=tuple(opts.anchor_scales or scales))
+        head = RetinaNetHead(in_channels=opts.fpn_channels, num_classes=num_classes, prior_generator=gen,
+                             coder=DeltaXYWHCoder(stds=tuple(opts.coder_stds)), num_convs=opts.head_convs,
+                             norm=opts.head_norm)
     elif name == "ssd":
         n_extra = len(SSD_RATIOS) - len(bb.out_channels)
         paper = backbone == "vgg16"  # SSD300's own extras and box sizes
@@ -344,19 +342,18 @@ def build_model(name: str, num_classes: int, backbone: str = "tiny", pretrained:
         extras = SSDExtras(bb.out_channels[-1], spec[-n_extra:])
         neck = _SSDNeck(extras)
         gen = DefaultBoxGenerator(SSD_RATIOS, scales=SSD300_SCALES if paper else None)
-        head = SSDHead(bb.out_channels + extras.out_channels, gen.num_boxes_per_location(), num_classes)
-        coder = SSDCoder()
+        head = SSDHead(in_channels=bb.out_channels + extras.out_channels, num_classes=num_classes,
+                       prior_generator=gen, coder=SSDCoder())
         size_divisor = 1  # every map is computed from the one before: any input size works
     else:
-        neck = None
-        gen = GridCellGenerator(opts["boxes_per_cell"])
-        head = YOLOHead(bb.out_channels[-1], num_classes, opts["boxes_per_cell"])
-        coder = YOLOCellCoder(sqrt_wh=opts["sqrt_wh"])
-    criterion = _criterion(name, opts, weighting, coder)
-    model = Detector(name, bb, neck, head, gen, coder, criterion, post, num_classes, config,
-                     channels_last=opts["channels_last"])
-    model.size_divisor = size_divisor
-    return model
+        neck = _LastMap()
+        head = YOLOHead(in_channels=bb.out_channels[-1], num_classes=num_classes,
+                        prior_generator=GridCellGenerator(opts.boxes_per_cell),
+                        coder=YOLOCellCoder(sqrt_wh=opts.sqrt_wh))
+    criterion = _criterion(name, asdict(opts), weighting, coder=head.coder)
+    post = PostProcess(head.scores, opts.score_thresh, opts.topk_per_level, opts.nms_thresh, opts.max_det)
+    return Detector(backbone=bb, neck=neck, head=head, criterion=criterion, postprocess=post, family=name,
+                    num_classes=num_classes, config=config, channels_last=opts.channels_last, size_divisor=size_divisor)
 
 
 class _SSDNeck(nn.Module):
@@ -370,26 +367,11 @@ class _SSDNeck(nn.Module):
         return list(feats) + self.extras(feats[-1])
 
 
+class _LastMap(nn.Module):
+    """YOLO's neck: the last (stride-32) backbone map alone."""
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        return feats[-1:]
+
+
 MODELS = tuple(FAMILY_DEFAULTS)
-
-
-def load_matching_state(model: nn.Module, state: dict[str, Tensor], verbose: bool = True) -> tuple[list[str], list[str]]:
-    """Load every tensor of ``state`` whose name and shape match ``model``; the others (e.g. the
-    class layers when the number of classes changed) keep their fresh initialisation.
-    -> (kept names, re-initialised names); prints a summary when ``verbose``."""
-    own = model.state_dict()
-
-    def same(k, v) -> bool:  # tensors must agree in shape; extra state (ALWA / SB records) is kept as is
-        return k in own and (getattr(own[k], "shape", None) == getattr(v, "shape", None))
-
-    kept = [k for k, v in state.items() if same(k, v)]
-    reinit = [k for k in own if k not in kept]
-    model.load_state_dict({k: state[k] for k in kept}, strict=False)
-    if verbose:
-        print(f"loaded {len(kept)} of {len(own)} tensors from the checkpoint; re-initialised {len(reinit)}:")
-        for k in reinit:
-            reason = "shape differs" if k in state else "not in checkpoint"
-            shape = tuple(getattr(own[k], "shape", ()))
-            print(f"  {k} ({reason}: model {shape}"
-                  + (f", checkpoint {tuple(getattr(state[k], 'shape', ()))})" if k in state else ")"))
-    return kept, reinit

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .common import flatten_level
+from ...anchors import DefaultBoxGenerator
+from ...structures import HeadOutput
+from .common import BoxCoder, DenseHead, flatten_level
 
 
 class SSDExtras(nn.Module):
@@ -38,22 +40,28 @@ class SSDExtras(nn.Module):
         return outs
 
 
-class SSDHead(nn.Module):
+class SSDHead(DenseHead):
     """Per level a 3x3 conv to K * (C + 1) class logits (background last) and one to K * 4."""
 
-    def __init__(self, in_channels: list[int], boxes_per_location: list[int], num_classes: int) -> None:
-        super().__init__()
-        self.k, self.num_classes = boxes_per_location, num_classes
+    def __init__(self, *, in_channels: list[int], num_classes: int, prior_generator: DefaultBoxGenerator,
+                 coder: BoxCoder) -> None:
+        super().__init__(prior_generator, coder)
+        self.k, self.num_classes = prior_generator.num_boxes_per_location(), num_classes
         self.cls = nn.ModuleList(nn.Conv2d(c, k * (num_classes + 1), 3, padding=1)
-                                 for c, k in zip(in_channels, boxes_per_location, strict=True))
-        self.box = nn.ModuleList(nn.Conv2d(c, k * 4, 3, padding=1) for c, k in zip(in_channels, boxes_per_location, strict=True))
+                                 for c, k in zip(in_channels, self.k, strict=True))
+        self.box = nn.ModuleList(nn.Conv2d(c, k * 4, 3, padding=1) for c, k in zip(in_channels, self.k, strict=True))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """-> cls logits [B, A_total, C + 1], box deltas [B, A_total, 4] (float32)."""
+    def predictions(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, None]:
+        """-> cls logits [B, A_total, C + 1], box deltas [B, A_total, 4] (float32), no objectness."""
         cls = [flatten_level(conv(f), k) for conv, f, k in zip(self.cls, feats, self.k, strict=True)]
         box = [flatten_level(conv(f), k) for conv, f, k in zip(self.box, feats, self.k, strict=True)]
-        return torch.cat(cls, 1).float(), torch.cat(box, 1).float()
+        return torch.cat(cls, 1).float(), torch.cat(box, 1).float(), None
+
+    @staticmethod
+    def scores(out: HeadOutput) -> Tensor:
+        """Class scores [B, A, C]: a softmax over C + 1, the background column dropped."""
+        return torch.softmax(out.cls_logits.float(), -1)[..., :-1]

@@ -1,4 +1,4 @@
-"""Samplers: which negatives a loss sees. SSD's hard negative mining."""
+"""SSD's hard negative mining: which negatives a softmax classification loss sees."""
 
 from __future__ import annotations
 
