@@ -237,6 +237,26 @@ def test_two_processes_equal_one_process_with_the_union_batch(tmp_path):
     assert read(two, 0, "evaluated") == read(two, 1, "evaluated") != []
 
 
+@pytest.mark.parametrize("images, batches, last, left", [(37, 5, 2, "1 of 37 images are left out of every epoch"),
+                                                        (34, 4, 4, "2 of 34 images are left out of every epoch")])
+def test_uneven_splits_keep_every_rank_in_step(tmp_path, images, batches, last, left):
+    """Each of 2 processes gets floor(N / 2) images; the last partial batch is kept on every rank
+    alike (37 images, batch 4: 18 per rank = 4 batches + 2) or dropped on every rank alike when it
+    would hold one image (34: 17 per rank = 4 batches + 1), so the ranks take the same steps and the
+    run ends on both; the message counts what each epoch leaves out."""
+    rc, out, logs = launch(tmp_path, [*TINY, "--data", shapes_data(tmp_path, images), "--batch-size", "4",
+                                      "--epochs", "2", "--val-split", "none", "--out", str(tmp_path / "run")])
+    assert rc == 0, out[-3000:]
+    steps = [read(logs, r) for r in (0, 1)]
+    key = lambda s: (s["call"], s["epoch"], s["batch"], s["iteration"])  # noqa: E731
+    assert [key(s) for s in steps[0]] == [key(s) for s in steps[1]] and len(steps[0]) == 2 * batches
+    for epoch in (0, 1):
+        ids = [[i for s in steps[r] if s["epoch"] == epoch for i in s["ids"]] for r in (0, 1)]
+        assert len(ids[0]) == len(ids[1]) == 4 * (batches - 1) + last
+        assert not set(ids[0]) & set(ids[1])  # disjoint shards
+    assert left in out
+
+
 def test_each_rank_resumes_its_own_rng_stream(tmp_path):
     """Rank 0 alone sees a Ctrl-C before its step 1: the flag all_reduce of that step stops both
     ranks after it; last.pt holds both ranks' RNG states, and the resumed ranks get their own."""
