@@ -13,12 +13,11 @@ import pytest
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
-from train_helpers import interrupt_at
+from train_helpers import catch_trainer, interrupt_at
 
 from minidet.engine import trainer as trainer_module
 from minidet.engine.checkpoint import load_checkpoint
 from minidet.engine.optim import build_optimizer, parameter_groups
-from minidet.engine.trainer import Trainer
 from minidet.models import build_model
 from minidet.models.backbones import L2Norm
 from minidet.train import main
@@ -185,14 +184,7 @@ def losses(run) -> list[float]:
 
 
 def test_training_uses_the_groups(tmp_path, monkeypatch):
-    seen = {}
-    original = Trainer.__init__
-
-    def init(self, *a, **k):
-        original(self, *a, **k)
-        seen["trainer"] = self
-
-    monkeypatch.setattr(Trainer, "__init__", init)
+    seen = catch_trainer(monkeypatch)
     assert main([*TINY, "--epochs", "1", "--weight-decay", "0.05", "--out", str(tmp_path / "run")]) == 0
     trainer = seen["trainer"]
     assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.05, 0.0]
@@ -231,14 +223,7 @@ def test_gradient_clipping_sees_the_loss_parameters(tmp_path, monkeypatch):
         return original(params, max_norm, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module.nn.utils, "clip_grad_norm_", spy)
-    caught = {}
-    init = Trainer.__init__
-
-    def keep(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        caught["trainer"] = self
-
-    monkeypatch.setattr(Trainer, "__init__", keep)
+    caught = catch_trainer(monkeypatch)
     assert main([*TINY, "--epochs", "1", "--weighting", "uncertainty", "--clip-grad", "10",
                  "--out", str(tmp_path / "run")]) == 0
     model = caught["trainer"].model

@@ -15,3 +15,16 @@ def interrupt_at(monkeypatch, iteration: int):
 
     monkeypatch.setattr(Trainer, "step", killed)
     return original
+
+
+def catch_trainer(monkeypatch) -> dict:
+    """-> a dict that gets the next Trainer built (``["trainer"]``) once its __init__ ran."""
+    caught: dict = {}
+    original = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        caught["trainer"] = self
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    return caught
