@@ -26,28 +26,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .matching import pairwise_iou_xywh
+
 __all__ = ["CONF_IOU_THRESH", "CONF_SCORE_THRESH", "confusion_matrix"]
 
 CONF_IOU_THRESH = 0.45
 CONF_SCORE_THRESH = 0.25
-
-
-def _xyxy(xywh: np.ndarray) -> np.ndarray:
-    out = np.asarray(xywh, np.float64).reshape(-1, 4).copy()
-    out[:, 2:] += out[:, :2]
-    return out
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection areas [N, M] of xyxy boxes a [N, 4] and b [M, 4]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    return wh[..., 0] * wh[..., 1]
-
-
-def _area(b: np.ndarray) -> np.ndarray:
-    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
 
 
 def _greedy_match(iou: np.ndarray, thresh: float) -> list[tuple[int, int]]:
@@ -82,14 +66,11 @@ def confusion_matrix(gt: dict, results: Sequence[dict], iou_thresh: float = CONF
             dets[r["image_id"]].append((r["bbox"], cat_index[int(r["category_id"])]))
     for image_id in {im["id"] for im in gt["images"]}:
         g, d, c = objects.get(image_id, []), dets.get(image_id, []), crowds.get(image_id, [])
-        g_box = _xyxy(np.array([b for b, _ in g], np.float64))
+        g_box = np.array([b for b, _ in g], np.float64).reshape(-1, 4)
         g_cls = np.array([k for _, k in g], np.int64)
-        d_box = _xyxy(np.array([b for b, _ in d], np.float64))
+        d_box = np.array([b for b, _ in d], np.float64).reshape(-1, 4)
         d_cls = np.array([k for _, k in d], np.int64)
-        inter = _intersection(d_box, g_box)
-        union = _area(d_box)[:, None] + _area(g_box)[None, :] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        pairs = _greedy_match(iou, iou_thresh)
+        pairs = _greedy_match(pairwise_iou_xywh(d_box, g_box, np.zeros(len(g), bool)), iou_thresh)
         for di, gi in pairs:
             matrix[d_cls[di], g_cls[gi]] += 1
         g_free = np.ones(len(g), bool)
@@ -97,10 +78,9 @@ def confusion_matrix(gt: dict, results: Sequence[dict], iou_thresh: float = CONF
         for di, gi in pairs:
             d_free[di], g_free[gi] = False, False
         np.add.at(matrix, (n, g_cls[g_free]), 1)
-        if c and d_free.any():
-            crowd_box = _xyxy(np.array([b for b, _ in c], np.float64))
-            d_area = _area(d_box)
-            covered = _intersection(d_box, crowd_box) / np.maximum(d_area, np.finfo(float).tiny)[:, None]
+        if c and d_free.any():  # pycocotools' crowd IoU: intersection / detection area
+            crowd_box = np.array([b for b, _ in c], np.float64).reshape(-1, 4)
+            covered = pairwise_iou_xywh(d_box, crowd_box, np.ones(len(c), bool))
             d_free &= ~(covered >= iou_thresh).any(1)
         np.add.at(matrix, (d_cls[d_free], n), 1)
     return matrix
