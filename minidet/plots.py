@@ -19,15 +19,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .engine.logger import finite, loss_keys, train_and_evals
 from .evaluation.coco import IOU_THRS, REC_THRS
 from .evaluation.confusion import CONF_IOU_THRESH, CONF_SCORE_THRESH
 
-__all__ = ["bar_chart", "figure_to_array", "last_per_key", "line_chart", "loss_keys", "new_figure", "plot_confusion_matrix",
+__all__ = ["bar_chart", "figure_to_array", "line_chart", "new_figure", "plot_confusion_matrix",
            "plot_pr_curves", "plot_results", "pr_curve_values", "save_figure", "save_image_mosaic"]
 
 DPI = 100
-# train-record fields that are not loss components (see minidet.criterion and Trainer.train_epoch)
-_NOT_LOSSES = {"kind", "epoch", "iteration", "lr", "img_per_s", "num_pos", "pos_per_image", "grad_ratio"}
 
 
 def new_figure(width_px: int, height_px: int) -> Figure:
@@ -51,25 +50,6 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _finite(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def last_per_key(records: Sequence[dict], key: str) -> list[dict]:
-    """One record per value of ``key`` (the last one: a resumed run logs the iterations after its
-    checkpoint again), in increasing ``key`` order."""
-    out = {r[key]: r for r in records if key in r}
-    return [out[k] for k in sorted(out)]
-
-
-def loss_keys(train: Sequence[dict]) -> list[str]:
-    """The loss components logged in train records: "loss" first, then the raw components
-    (cls, reg, and family-specific parts), without weights, weighted copies or diagnostics."""
-    keys = {k for r in train for k, v in r.items() if _finite(v)} - _NOT_LOSSES
-    keys = {k for k in keys if not k.startswith("weight_") and not k.endswith("_weighted") and not k.startswith("score_iou")}
-    return sorted(keys, key=lambda k: (k != "loss", k))
-
-
 def _smooth(ys: np.ndarray, frac: float = 0.05) -> np.ndarray:
     """Moving average over about ``frac`` of the points (odd window, edges by reflection)."""
     k = int(len(ys) * frac) // 2 * 2 + 1
@@ -84,23 +64,22 @@ def plot_results(records: Sequence[dict], out_png: str | Path) -> Path | None:
     component (per logged iteration, with a moving average), the learning rate, the loss
     weights (when a weighting logged any) and the validation AP, AP50, AP75 per evaluation
     (by epoch). None (nothing written) when there are no records."""
-    train = last_per_key([r for r in records if r.get("kind") == "train"], "iteration")
-    evals = last_per_key([r for r in records if r.get("kind") == "eval"], "epoch")
+    train, evals = train_and_evals(records)
     panels: list[tuple[str, str, list[tuple[str, list, list]]]] = []  # (title, x label, lines)
 
     def series(rows: list[dict], key: str, x: str) -> tuple[list, list]:
-        pts = [(r[x], r[key]) for r in rows if _finite(r.get(key))]
+        pts = [(r[x], r[key]) for r in rows if finite(r.get(key))]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     for k in loss_keys(train):
         panels.append((f"train/{k}", "iteration", [(k, *series(train, k, "iteration"))]))
-    if any(_finite(r.get("lr")) for r in train):
+    if any(finite(r.get("lr")) for r in train):
         panels.append(("lr", "iteration", [("lr", *series(train, "lr", "iteration"))]))
     weights = sorted({k for r in train for k in r if k.startswith("weight_")})
     if weights:
         panels.append(("loss weights", "iteration", [(k, *series(train, k, "iteration")) for k in weights]))
     for k in ("AP", "AP50", "AP75"):
-        if any(_finite(r.get(k)) for r in evals):
+        if any(finite(r.get(k)) for r in evals):
             panels.append((f"val/{k}", "epoch", [(k, *series(evals, k, "epoch"))]))
     if not panels:
         return None
