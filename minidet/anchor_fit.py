@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["box_sizes", "wh_iou", "mean_best_iou", "kmeans_iou", "anchor_shapes", "fit_anchors", "AnchorFit",
-           "suggest_img_size", "fit_for_config", "FPN_STRIDES"]
+from .models.detector import RETINANET_STRIDES, retinanet_anchors
 
-FPN_STRIDES = (8, 16, 32, 64, 128)
-OCTAVE_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+__all__ = ["box_sizes", "wh_iou", "mean_best_iou", "kmeans_iou", "anchor_shapes", "fit_anchors", "AnchorFit",
+           "suggest_img_size", "fit_for_config"]
+
 MAX_FIT_BOXES = 20_000  # a seeded subsample beyond this keeps the fit under a second
 RATIO_MERGE = 1.25
 
@@ -115,13 +115,6 @@ def anchor_shapes(sizes: Sequence[float], ratios: Sequence[float], scales: Seque
     s = np.asarray(sizes, np.float64)[:, None, None] * np.asarray(scales, np.float64)[None, None, :]
     r = np.sqrt(np.asarray(ratios, np.float64))[None, :, None]
     return np.stack([(s / r).reshape(-1), (s * r).reshape(-1)], 1)
-
-
-def family_anchors(assigner: str) -> tuple[tuple, tuple, tuple]:
-    """(sizes, ratios, scales) ``build_model`` uses when none are given (kept in step with it)."""
-    if assigner == "atss":
-        return tuple(8 * s for s in FPN_STRIDES), (1.0,), (1.0,)
-    return (32, 64, 128, 256, 512), (0.5, 1.0, 2.0), OCTAVE_SCALES
 
 
 def _group_ratios(centroids: np.ndarray, counts: np.ndarray, groups: int) -> tuple[float, ...]:
@@ -217,16 +210,16 @@ def fit_anchors(wh: np.ndarray, *, family: str = "retinanet", assigner: str = "m
         fit.fitted_iou = fit.default_iou = mean_best_iou(wh, priors)
         fit.note = "SSD keeps its default boxes (build_model takes no prior-size option)"
         return fit
-    fam_sizes, fam_ratios, fam_scales = family_anchors(assigner)
+    fam_sizes, fam_ratios, fam_scales = retinanet_anchors(assigner)
     default = default or (fam_sizes, fam_ratios, fam_scales)
     scales = tuple(scales or fam_scales)
     if ratios is None and assigner != "atss":
         ratios = fit.anchor_ratios = _group_ratios(fit.clusters, counts, num_ratios)
     ratios = tuple(ratios or fam_ratios)
     if sizes is None:
-        stride = FPN_STRIDES[0]
+        stride = RETINANET_STRIDES[0]
         bases = np.arange(2 * stride, 8 * stride + 1)
-        levels = 2.0 ** np.arange(len(FPN_STRIDES))
+        levels = 2.0 ** np.arange(len(RETINANET_STRIDES))
         scores = [mean_best_iou(wh, anchor_shapes(b * levels, ratios, scales)) for b in bases]
         b = int(bases[int(np.argmax(scores))])
         sizes = fit.anchor_sizes = tuple(int(b * m) for m in levels)
@@ -278,7 +271,7 @@ def fit_for_config(cfg: dict, records: Sequence) -> str:
     else:
         preset = PRESETS.get(cfg.get("preset"), {})
         preset = {**preset.get("common", {}), **preset.get("retinanet", {})}
-        fam = family_anchors(cfg["assigner"])
+        fam = retinanet_anchors(cfg["assigner"])
         default = tuple(cfg.get(k) or preset.get(k) or f
                         for k, f in zip(("anchor_sizes", "anchor_ratios", "anchor_scales"), fam, strict=True))
         fit = fit_anchors(wh, family=family, assigner=cfg["assigner"], img_size=img_size, sizes=cfg.get("anchor_sizes"),

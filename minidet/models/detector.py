@@ -305,6 +305,18 @@ def _criterion(family: str, opts: dict, weighting, coder=None):
                          coder=coder, ignore_iof_thr=opts["ignore_iof_thr"])
 
 
+RETINANET_STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+
+
+def retinanet_anchors(assigner: str | None) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(sizes per level, ratios h / w, scales) of a RetinaNet's anchors when none are given: ATSS
+    one square anchor of 8 x stride per location; Max-IoU the paper's 32..512 with 3 ratios x 3
+    octave scales."""
+    if assigner == "atss":
+        return tuple(8 * s for s in RETINANET_STRIDES), (1.0,), (1.0,)
+    return (32, 64, 128, 256, 512), (0.5, 1.0, 2.0), (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+
+
 def build_model(name: str, num_classes: int, *, backbone: str = "tiny", pretrained: bool = False,
                 **options) -> Detector:
     """A detector of family ``name`` ("retinanet", "ssd", "yolo") on ``backbone``; ``options``
@@ -325,12 +337,8 @@ def build_model(name: str, num_classes: int, *, backbone: str = "tiny", pretrain
     size_divisor = 32  # the FPN adds maps of neighbouring levels: their sizes must halve exactly
     if name == "retinanet":
         neck = FPN(bb.out_channels, opts.fpn_channels, extra_levels=2, p6_from=opts.p6_from)
-        strides = (8, 16, 32, 64, 128)
-        if opts.assigner == "atss":  # one square anchor per location, 8 x stride (ATSS)
-            sizes, scales, ratios = tuple(8 * s for s in strides), (1.0,), (1.0,)
-        else:
-            sizes, scales, ratios = (32, 64, 128, 256, 512), (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0)
-        gen = AnchorGenerator(tuple(opts.anchor_sizes or sizes), strides,
+        sizes, ratios, scales = retinanet_anchors(opts.assigner)
+        gen = AnchorGenerator(tuple(opts.anchor_sizes or sizes), RETINANET_STRIDES,
                               ratios=tuple(opts.anchor_ratios or ratios), scales=tuple(opts.anchor_scales or scales))
         head = RetinaNetHead(in_channels=opts.fpn_channels, num_classes=num_classes, prior_generator=gen,
                              coder=DeltaXYWHCoder(stds=tuple(opts.coder_stds)), num_convs=opts.head_convs,
