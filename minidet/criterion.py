@@ -280,12 +280,8 @@ class BoxRegression:
         self.name, self.coder = loss, coder
         self.kwargs = {"beta": beta} if loss == "smooth_l1" else {}  # Smooth L1's beta
 
-    def coder_args(self, outputs: HeadOutput) -> tuple:
-        """Extra arguments of the coder's encode / decode (YOLO's: the image size)."""
-        return ()
-
     def decode(self, outputs: HeadOutput, priors: Tensor, pred: Tensor) -> Tensor:
-        return self.coder.decode(priors, pred, *self.coder_args(outputs))
+        return self.coder.decode(priors, pred, outputs.image_size)
 
     def total(self, batch: LossInputs) -> Tensor:
         """Summed loss of the positives, in one of two forms (``use_device_path``, as the other
@@ -302,7 +298,7 @@ class BoxRegression:
             pred, priors, gt = _positive_parts(outputs, batch.assigned, batch.gt_boxes)
         if on_offsets:
             w = None if weight is None else weight[..., None]  # the same for the 4 offsets
-            target = self.coder.encode(priors, gt, *self.coder_args(outputs))
+            target = self.coder.encode(priors, gt, outputs.image_size)
             return fn(pred, target, weight=w, reduction="sum", **self.kwargs)
         boxes = self.decode(outputs, priors, pred)
         if weight is not None:  # a zero offset need not decode to its prior (YOLO's cells)
@@ -449,9 +445,6 @@ class YOLOBoxRegression(BoxRegression):
     def __init__(self, loss: str, coder, *, lambda_coord: float = 5.0) -> None:
         super().__init__(loss, coder, beta=1.0)
         self.lambda_coord = lambda_coord
-
-    def coder_args(self, outputs: HeadOutput) -> tuple:
-        return (outputs.image_size,)
 
     def __call__(self, batch: LossInputs) -> TermResult:
         coord = self.total(batch) / batch.outputs.box_regression.shape[0]
