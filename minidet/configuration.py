@@ -48,6 +48,7 @@ ENGINE_DEFAULTS: dict = {
     "sync_bn": False, "out": None, "resume": None, "weights": None, "eval_interval": 1, "log_interval": 10,
     "max_bad_steps": 10, "diagnostics": False, "tensorboard": False, "seed": 0, "quiet": False,
     "frozen_stages": None, "frozen_bn": None, "anchors": None, "mosaic": None, "min_iters": None,
+    "scale_jitter": None,
 }
 # --anchors / --mosaic unset: "auto" and CUSTOM_MOSAIC for custom data (any --data but the built-in
 # shapes), "default" and 0 for the shapes data (its preset anchors are tuned) and for runs saved
@@ -67,20 +68,24 @@ PRESETS: dict = {
     # the no-flag run: a tiny-backbone RetinaNet tuned on the shapes data at 128 px on 2 CPU cores
     "small": {
         "common": {"backbone": "tiny", "img_size": 128, "epochs": 12, "batch_size": 16, "optimizer": "adamw",
-                   "lr": 0.003, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 100,
-                   "clip_grad": 10.0, "ema": True, "eval_interval": 4},
-        "retinanet": {"assigner": "atss", "reg_loss": "giou", "head_norm": "gn",
+                   "lr": 0.006, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 100,
+                   "clip_grad": 10.0, "ema": True, "eval_interval": 4, "amp": "auto", "scale_jitter": [0.8, 1.25]},
+        "retinanet": {"assigner": "atss", "reg_loss": "giou", "head_norm": "gn", "head_convs": 1,
                       "anchor_sizes": [16, 32, 64, 128, 256]},
     },
     "none": {"common": {}},
 }
+
+# preset keys added after runs had been saved: resuming a run whose configuration lacks one (or
+# holds None) keeps what that run used (the family's / engine's default), not the preset's value
+LATER_PRESET_KEYS = ("amp", "scale_jitter", "head_convs")
 
 # build_model options that are flags, per family
 _COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "weighting", "alwa_interval", "loss_weights", "ignore_iof_thr",
                  "channels_last")
 MODEL_KEYS: dict = {
     "retinanet": (*_COMMON_MODEL, "alrp_iou", "anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds",
-                  "head_norm"),
+                  "head_norm", "head_convs"),
     "ssd": (*_COMMON_MODEL, "neg_pos_ratio"),
     "yolo": _COMMON_MODEL,
 }
@@ -125,6 +130,8 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
     if model not in TRAINING_DEFAULTS:
         raise ConfigError(f"--model {model!r} is not a detector family; choose one of: {', '.join(TRAINING_DEFAULTS)}")
     preset = {**PRESETS[preset_name]["common"], **PRESETS[preset_name].get(model, {})}
+    if saved:
+        preset = {k: v for k, v in preset.items() if k not in LATER_PRESET_KEYS or k in saved}
     optimizer = _first("optimizer", [*top, preset, ENGINE_DEFAULTS])
     if optimizer not in OPTIMIZER_DEFAULTS:
         raise ConfigError(f"--optimizer {optimizer!r} is not supported; choose one of: {', '.join(OPTIMIZER_DEFAULTS)}")

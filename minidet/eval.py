@@ -36,6 +36,7 @@ from .configuration import ConfigError, check_device
 from .data import EvalTransform, build_dataset, build_loader
 from .data.problems import CountSkips, DataError
 from .engine.checkpoint import CheckpointError, model_from_checkpoint
+from .engine.precision import amp_dtype as amp_dtype_of
 from .evaluation import coco_evaluate, format_table
 from .evaluation.coco import ResultsError, load_coco_boxes
 from .evaluation.detector_eval import evaluate_detector
@@ -60,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--score-thresh", type=float, default=None, help="override the model's score threshold")
-    p.add_argument("--amp", default=None, nargs="?", const="fp16", choices=["fp16", "bf16"],
-                   help="predict under autocast: --amp (float16) or --amp bf16 (default: float32)")
+    p.add_argument("--amp", default=None, nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
+                   help="predict under autocast: --amp (float16), --amp bf16, or off (float32) (default: the "
+                   "precision the checkpoint's run trained and evaluated with; float32 for weights without one)")
     p.add_argument("--lenient", action="store_true", help="skip broken annotations / images instead of stopping")
     p.add_argument("--raw-weights", action="store_true", help="evaluate the optimizer's own weights of a last.pt "
                    "(default: the weights training evaluated, the EMA when the run kept one)")
@@ -116,7 +118,10 @@ def evaluate_model(args) -> dict:
                                      size_divisor=getattr(model, "size_divisor", 32)), dataset.report)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one letterbox size: the fastest kernels are chosen once
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
+    amp = args.amp or (ckpt.get("args") or {}).get("amp") or "off"
+    if amp != "off":
+        print(f"precision: {amp} autocast{'' if args.amp else ' (as the run trained; --amp off for float32)'}")
+    amp_dtype = amp_dtype_of(amp)
     ev = evaluate_detector(model, dataset, loader, device, metrics=args.metrics, progress=True,
                            desc=f"eval {args.split}", amp_dtype=amp_dtype)
     print(format_table(ev.stats))

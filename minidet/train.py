@@ -40,6 +40,7 @@ from .engine.checkpoint import (
     load_matching_state,
 )
 from .engine.distributed import barrier, cleanup, init_distributed, is_main
+from .engine.precision import AMP_CHOICES, resolve_amp
 from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
 from .losses import CLASSIFICATION_LOSSES, RANKING_LOSSES, REGRESSION_LOSSES
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--augment", choices=list(AUGMENTS), help="training augmentation: standard (scale jitter 0.6-1.4, crop, "
       "flip, colour), strong (scale jitter 0.5-1.5, half of the crops keeping every box, Ultralytics' colour gains) "
       "or ssd (SSD's photometric distortion, zoom out, min-IoU crop; SSD's default)")
+    a("--scale-jitter", type=float, nargs=2, metavar=("MIN", "MAX"), help="random scale range of the standard / "
+      "strong augmentation (default: standard 0.6 1.4, strong 0.5 1.5; preset small 0.8 1.25)")
     a("--anchors", choices=list(ANCHOR_MODES), help="auto: fit the RetinaNet anchor sizes (and, with the Max-IoU "
       "assigner, aspect ratios) to the training boxes at --img-size (k-means with 1 - IoU, as YOLOv2; see "
       "minidet/anchor_fit.py), kept in the run's configuration; --anchor-sizes / --anchor-ratios given win. SSD keeps "
@@ -141,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
       "(default: 0.5 1 2; ATSS: 1)")
     a("--coder-stds", type=float, nargs=4, metavar="STD", help="RetinaNet box-delta standard deviations "
       "(default 1 1 1 1)")
+    a("--head-convs", type=int, metavar="N", help="3x3 convolutions in each RetinaNet head tower, classification "
+      "and box (default: 4; tiny backbone 2; preset small 1)")
     a("--head-norm", choices=["gn", "none"], help="GroupNorm in the RetinaNet head towers (default none; "
       "preset small gn)")
     a("--frozen-stages", type=int, help="ResNet: freeze the stem (1) and the first k - 1 stages (default: 2, "
@@ -158,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="SSD hard negative mining: negatives kept per positive, or 'all' (no mining; default 3)")
     a("--alrp-iou", choices=["giou", "iou"],
       help="aLRP Loss localisation error: 1 - GIoU (default), or 2 (1 - IoU)")
-    a("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"],
-      help="mixed precision: --amp (float16 + GradScaler, CUDA) or --amp bf16")
+    a("--amp", nargs="?", const="fp16", choices=list(AMP_CHOICES),
+      help="mixed precision: --amp (float16 + GradScaler, CUDA), bf16, off (float32), or auto: bf16 where the "
+      "device computes it natively (a CPU with AVX512-BF16 / AMX, an Ampere or later GPU), else float32 — see "
+      "minidet/engine/precision.py; chosen once, saved with the run (default: off; preset small auto)")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     a("--workers", type=_int_or_auto, help="DataLoader processes per training process, or 'auto' (default: on CPU "
       "none up to 2 cores, else cores / 4, the other cores for the network's threads; on CUDA up to 8)")
@@ -246,6 +253,11 @@ def validate(args: argparse.Namespace) -> None:
     need(args.alwa_interval >= 1, f"--alwa-interval must be >= 1, got {args.alwa_interval}")
     need(args.frozen_stages >= 0, f"--frozen-stages must be >= 0, got {args.frozen_stages}")
     need(0 <= args.mosaic <= 1, f"--mosaic is a probability in [0, 1], got {args.mosaic}")
+    if args.scale_jitter is not None:
+        lo, hi = args.scale_jitter
+        need(0 < lo <= hi, f"--scale-jitter MIN MAX needs 0 < MIN <= MAX, got {lo:g} {hi:g}")
+    if getattr(args, "head_convs", None) is not None:
+        need(args.head_convs >= 0, f"--head-convs must be >= 0, got {args.head_convs}")
     if args.lr_steps and args.epochs is not None:  # (with --iters the trainer checks them)
         need(all(0 < s <= args.epochs for s in args.lr_steps),
              f"--lr-steps must lie in (0, --epochs {args.epochs}], got {args.lr_steps}")
@@ -302,6 +314,9 @@ def main(argv=None) -> int:
     device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and world > 1 else args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed training / evaluation sizes: pick the fastest kernels once
+    if args.amp == "auto" and is_main():
+        print(f"amp auto: {resolve_amp(args.amp, device)} on this {device.type} (--amp off for float32)")
+    args.amp = resolve_amp(args.amp, device)  # (saved resolved: a resumed run keeps its precision)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     threads, args.loader_workers = plan_cpu_use(device, args.workers, local_world)
     seed_everything(args.seed + rank)
@@ -314,7 +329,8 @@ def main(argv=None) -> int:
                 print(f"img size auto: {args.img_size} (the 10th-percentile training box at 2 x the smallest stride, "
                       f"within the images' own size; --img-size N to choose)")
         train_set.transform = TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed,
-                                             strong=args.augment == "strong")
+                                             strong=args.augment == "strong",
+                                             scale=tuple(args.scale_jitter) if args.scale_jitter else None)
         val_set = None
         if args.val_split != "none":
             val_set = build_dataset(data_spec(args), args.val_split, strict=not args.lenient,

@@ -92,3 +92,40 @@ def test_ssd_expand_and_iou_crop():
         assert len(cboxes) == len(labels) >= 1
         out = {"image": crop, "boxes": cboxes}
         assert _red_pixels_inside(out)[1]
+
+
+def test_scale_pad_crop_is_albumentations_geometry():
+    """The standard augmentation's numpy geometry against albumentations' own transforms on the
+    same parameters: Resize, PadIfNeeded(top_left, mean fill), Crop, HorizontalFlip with
+    BboxParams(min_visibility 0.3, clip, filter_invalid_bboxes) — same pixels, same surviving
+    boxes (with their labels), same coordinates."""
+    import albumentations as A
+    import cv2
+
+    from minidet.data.transforms import MEAN_RGB, scale_crop_params, scale_pad_crop
+
+    rng = np.random.default_rng(0)
+    size, kept_total, dropped_total = 64, 0, 0
+    for trial in range(150):
+        h, w = int(rng.integers(20, 120)), int(rng.integers(20, 120))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        xy = rng.uniform(0, [w - 2, h - 2], (8, 2))
+        wh = rng.uniform(1, [w, h], (8, 2)) * rng.uniform(0.05, 0.6)
+        boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], 1).astype(np.float32)
+        boxes = boxes[(boxes[:, 2] > boxes[:, 0] + 0.5) & (boxes[:, 3] > boxes[:, 1] + 0.5)]
+        labels = np.arange(len(boxes))
+        params = scale_crop_params(rng, h, w, size, (0.5, 1.6), 0.5)
+        nh, nw, top, left, flip = params
+        ours, ours_boxes, keep = scale_pad_crop(image, boxes, params, size, 0.3)
+        ref = A.Compose(
+            [A.Resize(nh, nw, interpolation=cv2.INTER_LINEAR),
+             A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=MEAN_RGB),
+             A.Crop(left, top, left + size, top + size), A.HorizontalFlip(p=1.0 if flip else 0.0)],
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3, clip=True,
+                                     filter_invalid_bboxes=True))(image=image, bboxes=boxes, labels=labels)
+        np.testing.assert_array_equal(ours, ref["image"], err_msg=f"trial {trial}")
+        assert labels[keep].tolist() == list(ref["labels"]), f"trial {trial}"
+        np.testing.assert_allclose(ours_boxes, np.asarray(ref["bboxes"], np.float32).reshape(-1, 4), atol=1e-3,
+                                   err_msg=f"trial {trial}")
+        kept_total, dropped_total = kept_total + keep.sum(), dropped_total + (~keep).sum()
+    assert kept_total > 300 and dropped_total > 50  # both outcomes were exercised

@@ -1,5 +1,8 @@
 """Image + box transforms: albumentations pipelines (BboxParams keeps boxes and labels with
-the image) plus SSD's expand / IoU-crop, and the exact letterbox used for evaluation.
+the image) plus SSD's expand / IoU-crop, and the exact letterbox used for evaluation. The
+standard augmentation's geometry (scale, pad, crop, flip) runs in numpy (``scale_pad_crop``,
+tested pixel for pixel against albumentations' transforms) and only its colour jitter in
+albumentations: its per-box bookkeeping was most of the time of a small image.
 
 - ``TrainTransform``: resize so the longer side is ``size``, random scale, pad + random crop to
   size x size (boxes clipped; boxes keeping less than ``min_visibility`` of their area dropped
@@ -38,6 +41,47 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2:] - a[:, :2]).prod(-1)
     area_b = (b[:, 2:] - b[:, :2]).prod(-1)
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
+
+
+def scale_crop_params(rng: np.random.Generator, height: int, width: int, size: int,
+                      scale: tuple[float, float], hflip: float) -> tuple[int, int, int, int, bool]:
+    """Random (new_h, new_w, top, left, flip) of ``scale_pad_crop``: the longer side resized to
+    ``size`` times a factor uniform in ``scale``, a crop offset uniform over the padded image,
+    a horizontal flip with probability ``hflip``."""
+    f = size / max(height, width) * rng.uniform(*scale)
+    nh, nw = max(1, round(height * f)), max(1, round(width * f))
+    top = int(rng.integers(0, max(nh, size) - size + 1))
+    left = int(rng.integers(0, max(nw, size) - size + 1))
+    return nh, nw, top, left, bool(rng.random() < hflip)
+
+
+def scale_pad_crop(image: np.ndarray, boxes: np.ndarray, params: tuple[int, int, int, int, bool], size: int,
+                   min_visibility: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize to (new_h, new_w) (bilinear), pad at the bottom / right with the mean colour to at
+    least size x size, crop size x size at (top, left), flip -> (image [size, size, C], boxes
+    [K, 4] clipped to the crop, keep [N] bool: which input boxes survive — those with a positive
+    clipped width and height keeping at least ``min_visibility`` of their area). The same
+    geometry as albumentations' Resize, PadIfNeeded(top_left), Crop, HorizontalFlip with
+    BboxParams(min_visibility, clip=True, filter_invalid_bboxes=True) (tests/test_transforms.py),
+    without its per-box bookkeeping (~1 ms per image, most of a small image's pipeline)."""
+    nh, nw, top, left, flip = params
+    h, w = image.shape[:2]
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((size, size, *image.shape[2:]), image.dtype)
+    out[:] = MEAN_RGB if image.ndim == 3 and image.shape[2] == 3 else 0
+    crop = image[top : top + size, left : left + size]
+    out[: crop.shape[0], : crop.shape[1]] = crop
+    b = boxes.astype(np.float64) * np.array([nw / w, nh / h, nw / w, nh / h]) - np.array([left, top, left, top])
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    c = b.clip(0, size)
+    cw, ch = c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]
+    keep = (cw > 0) & (ch > 0) & (cw * ch >= min_visibility * area)
+    c = c[keep]
+    if flip:
+        out = out[:, ::-1]
+        c = np.stack([size - c[:, 2], c[:, 1], size - c[:, 0], c[:, 3]], axis=1)
+    return np.ascontiguousarray(out), c.astype(np.float32).reshape(-1, 4), keep
 
 
 def ssd_expand(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, max_ratio: float = 4.0,
@@ -93,6 +137,9 @@ class TrainTransform:
                  strong: bool = False) -> None:
         self.size, self.ssd, self.strong = size, ssd, strong and not ssd
         scale = scale or (STRONG_SCALE if self.strong else (0.6, 1.4))
+        # the standard geometry runs in numpy (scale_pad_crop); albumentations does the rest
+        self.scale, self.hflip, self.min_visibility = tuple(scale), hflip, min_visibility
+        self.fast = not ssd and not self.strong
         photometric = [A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=min(0.5, color_jitter / 6), p=0.8)] if color_jitter > 0 else []
         if self.strong and color_jitter > 0:  # Ultralytics' HSV gains (v 0.4, s 0.7, h 0.015) and its rare extras
@@ -117,12 +164,14 @@ class TrainTransform:
                                      min_visibility=min_visibility, clip=True, filter_invalid_bboxes=True),
             seed=seed,
         )
+        self.photometric = A.Compose(photometric, seed=seed)
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         """Seed every random choice (called per DataLoader worker)."""
         self.rng = np.random.default_rng(seed)
         self.pipeline.set_random_seed(seed)
+        self.photometric.set_random_seed(seed)
 
     def __call__(self, item: dict) -> dict:
         image = item["image"]
@@ -136,10 +185,16 @@ class TrainTransform:
             image, boxes = ssd_expand(image, boxes, self.rng)
             crop_img, crop_boxes, keep_idx = ssd_iou_crop(image, boxes, np.arange(len(boxes)), self.rng)
             image, boxes, labels, ignore = crop_img, crop_boxes, labels[keep_idx], ignore[keep_idx]
-        out = self.pipeline(image=image, bboxes=boxes, labels=labels, ignore=ignore)
-        b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
-        lab = np.asarray(out["labels"], np.int64)
-        ign = np.asarray(out["ignore"], bool)
+        if self.fast:
+            params = scale_crop_params(self.rng, *image.shape[:2], self.size, self.scale, self.hflip)
+            image, b, keep = scale_pad_crop(image, boxes, params, self.size, self.min_visibility)
+            out = {"image": self.photometric(image=image)["image"]}
+            lab, ign = labels[keep], ignore[keep]
+        else:
+            out = self.pipeline(image=image, bboxes=boxes, labels=labels, ignore=ignore)
+            b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            lab = np.asarray(out["labels"], np.int64)
+            ign = np.asarray(out["ignore"], bool)
         bw = b.astype(np.float64)
         return {**item, "image": out["image"], "boxes": b[~ign], "labels": lab[~ign], "ignore_boxes": b[ign],
                 "ignore_labels": lab[ign], "areas": ((bw[:, 2] - bw[:, 0]) * (bw[:, 3] - bw[:, 1]))[~ign],

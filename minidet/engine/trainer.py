@@ -46,6 +46,7 @@ from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files, save_checkpoint
 from .distributed import gather_to_main, get_rank, is_main, world_size
 from .ema import ModelEMA
+from .precision import amp_dtype
 from .logger import RunLogger
 from .optim import build_optimizer, trainable_parameters
 from .progress import progress_bar
@@ -223,7 +224,7 @@ class Trainer:
         self._plan_length()
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.warmup_iters, args.schedule,
                                          lr_step_fractions(vars(args), self.batches_per_epoch))
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
+        self.amp_dtype = amp_dtype(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(model) if args.ema else None
         for m in model.criterion.modules():  # aLRP's SB: one period = one epoch unless given
@@ -540,7 +541,9 @@ class Trainer:
 
     def step(self, images, targets) -> dict | None:
         """One optimisation step; None when it was skipped: a non-finite loss (on any process),
-        or, under fp16, inf / NaN gradients that the GradScaler refuses (its scale backs off). A
+        under fp16 inf / NaN gradients that the GradScaler refuses (its scale backs off), and
+        otherwise inf / NaN gradients from a finite loss (a bad step like a non-finite loss:
+        clipping would spread them to every weight). A
         skipped step leaves the weights, the schedule, the EMA and ``state.iteration`` as they
         were. From here until train_epoch has counted and logged it, the iteration is under way
         (``_updating``).
@@ -572,17 +575,25 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.scaler.is_enabled() or args.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)  # fp16: also notes inf / NaN gradients, on the device
-        if args.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self._trainable, args.clip_grad)  # the network's and the loss's
-        local_bad, any_bad, found_inf = self._agree(loss)
+        grads = [p.grad for p in self._trainable if p.grad is not None]
+        grad_norm = nn.utils.get_total_norm(grads) if grads else None  # (inf / NaN: checked in _agree)
+        if args.clip_grad > 0 and grad_norm is not None:
+            nn.utils.clip_grads_with_norm_(self._trainable, args.clip_grad, grad_norm)  # the network's and the loss's
+        local_bad, any_bad, found_inf = self._agree(loss, grad_norm)
+        bad_grads = found_inf and not self.scaler.is_enabled()  # without fp16's GradScaler: a broken step
         diagnostics = getattr(criterion, "diagnostics", {})
         grad_ratio = diagnostics.pop("grad_ratio", None)  # measured by a hook during this backward pass
-        if any_bad:
+        if any_bad or bad_grads:
             self.scaler.update()  # fp16: forget this step's gradients (the scale backs off); else nothing
             self.optimizer.zero_grad(set_to_none=True)
             bad = [k for k, v in losses.items() if not torch.isfinite(v).all()] if local_bad else []
             st.bad_steps += 1
-            if self._flag_group is None:
+            if not any_bad:  # finite losses everywhere, inf / NaN gradients (the same on every process)
+                bad = ["gradients"]
+                if is_main():
+                    print(f"warning: non-finite gradients (finite loss) at iteration {st.iteration}; step skipped "
+                          f"({st.bad_steps} in a row)")
+            elif self._flag_group is None:
                 print(f"warning: non-finite loss at iteration {st.iteration} (components: {', '.join(bad)}); "
                       f"step skipped ({st.bad_steps} in a row)")
             elif local_bad:
@@ -595,7 +606,8 @@ class Trainer:
                 newest = self._last_checkpoint()
                 saved = (f"The last good checkpoint is {newest}." if newest is not None else
                          f"No checkpoint was written yet ({self.run_dir / 'last.pt'} does not exist).")
-                where = f"components {', '.join(bad)}" if bad else "on another process"
+                where = (f"components {', '.join(bad)}" if bad and bad != ["gradients"] else
+                         "the gradients" if bad else "on another process")
                 raise TrainingError(
                     f"{st.bad_steps} consecutive non-finite losses (last at iteration {st.iteration}, {where}); "
                     f"stopped. {saved} Lower --lr, raise --warmup-iters, set --clip-grad, "
@@ -618,9 +630,10 @@ class Trainer:
         st.iteration += 1
         return {k: v.detach() for k, v in losses.items()}
 
-    def _agree(self, loss: torch.Tensor) -> tuple[bool, bool, bool]:
+    def _agree(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> tuple[bool, bool, bool]:
         """-> (this process's loss is not finite, some process's loss is not finite, inf / NaN
-        gradients under fp16), from one flag tensor [loss not finite, GradScaler's found_inf per
+        gradients: the GradScaler's found_inf under fp16, else the total gradient norm), from one
+        flag tensor [loss not finite, gradient norm not finite, GradScaler's found_inf per
         device...] built on the device.
 
         One process: read with one host sync, no collective. DDP: copied to the host (the one
@@ -629,6 +642,8 @@ class Trainer:
         gets the same answer. That all_reduce is the iteration's stop check as well: its Ctrl-C
         entry is kept for the check before the next iteration (``_stop_requested``)."""
         flags = [(~torch.isfinite(loss.detach())).reshape(1).float()]
+        if grad_norm is not None:
+            flags.append((~torch.isfinite(grad_norm.detach())).reshape(1).float().to(flags[0].device))
         if self.scaler.is_enabled():  # filled by unscale_ (a private GradScaler accessor, stable since torch 1.6)
             flags += [f.reshape(1).to(flags[0].device, torch.float32)
                       for f in self.scaler._found_inf_per_device(self.optimizer).values()]
