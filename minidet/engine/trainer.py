@@ -46,9 +46,9 @@ from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files, save_checkpoint
 from .distributed import gather_to_main, get_rank, is_main, world_size
 from .ema import ModelEMA
-from .precision import amp_dtype
 from .logger import RunLogger
 from .optim import build_optimizer, trainable_parameters
+from .precision import amp_dtype
 from .progress import progress_bar
 from .resources import plan_cpu_use
 from .schedule import WARMUP_MAX_FRACTION, build_scheduler, capped_warmup, short_run_warning
