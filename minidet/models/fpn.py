@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .tiny_maps import run_tiny_in_fp32
 
 
 class FPN(nn.Module):
@@ -41,14 +42,6 @@ class FPN(nn.Module):
         outs = [conv(x) for conv, x in zip(self.smooth, laterals, strict=True)]
         x = feats[-1] if self.p6_from == "c5" else outs[-1]
         for i, conv in enumerate(self.extra):
-            x = x if i == 0 else F.relu(x)
-            if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-                # float32: oneDNN's bfloat16 backward of this stride-2 conv returns NaN weight
-                # gradients at random when its input is 1 x 1 (torch 2.14 on an AVX512-BF16 CPU,
-                # tests/test_precision.py); P6 / P7 are a tiny part of the FLOPs
-                with torch.autocast("cpu", enabled=False):
-                    x = conv(x.float())
-            else:
-                x = conv(x)
+            x = run_tiny_in_fp32(conv, x if i == 0 else F.relu(x))
             outs.append(x)
         return outs

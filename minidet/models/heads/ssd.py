@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ...anchors import DefaultBoxGenerator
 from ...structures import HeadOutput
+from ..tiny_maps import run_tiny_in_fp32
 from .common import BoxCoder, DenseHead, flatten_level
 
 
@@ -35,7 +36,7 @@ class SSDExtras(nn.Module):
                 raise ValueError(f"the input is too small for SSD300's extra layers (a {x.shape[-2]}x{x.shape[-1]} map "
                                  f"reaches extra layer {i + 1}, which needs at least 3x3); train and evaluate at "
                                  f"--img-size 300")
-            x = layer(x)
+            x = run_tiny_in_fp32(layer, x)
             outs.append(x)
         return outs
 
