@@ -169,13 +169,16 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
 def _custom_data_defaults(cfg: dict, given) -> None:
     """Custom ``--data`` (not the built-in shapes), for what the flags, a recipe or a resumed run
     leave unset: ``img_size`` "auto" (``minidet.anchor_fit.suggest_img_size`` on the training
-    boxes, chosen when the data is read), ``eval_interval`` "auto" (about 10 evaluations per run)
+    boxes, chosen when the data is read), ``eval_interval`` "auto" (about 10 evaluations per run),
+    ``scale_jitter`` the augmentation's own (standard 0.6-1.4, strong 0.5-1.5)
     and, from scratch, ``min_iters`` = ``MIN_STEPS_FROM_SCRATCH``: the preset's 12 epochs or that
     many optimizer steps, whichever is longer (a small data set's 12 epochs are a few dozen)."""
     if not given("img_size"):
         cfg["img_size"] = "auto"
     if not given("eval_interval"):
         cfg["eval_interval"] = "auto"
+    if not given("scale_jitter"):  # the augmentation's own range (the preset's 0.8-1.25 is tuned on the shapes)
+        cfg["scale_jitter"] = None
     from_scratch = not cfg["pretrained"] and not cfg.get("weights")
     if from_scratch and not (given("epochs") or given("iters")) and cfg.get("min_iters") is None:
         cfg["min_iters"] = MIN_STEPS_FROM_SCRATCH

@@ -20,6 +20,9 @@ def test_custom_data_defaults_are_auto_and_flags_win():
     custom = resolve({"data": "my/data.yaml"})
     assert (custom["img_size"], custom["eval_interval"]) == ("auto", "auto")
     assert custom["min_iters"] == MIN_STEPS_FROM_SCRATCH == 1000
+    # the preset's scale jitter is tuned on the shapes; custom data keeps the augmentation's own
+    assert (shapes["scale_jitter"], custom["scale_jitter"]) == ([0.8, 1.25], None)
+    assert resolve({"data": "my/data.yaml", "scale_jitter": [0.5, 2.0]})["scale_jitter"] == [0.5, 2.0]
     given = resolve({"data": "my/data.yaml", "img_size": 320, "eval_interval": 5, "epochs": 30})
     assert (given["img_size"], given["eval_interval"], given["min_iters"]) == (320, 5, None)
     assert resolve({"data": "my/data.yaml", "iters": 200})["min_iters"] is None

@@ -68,10 +68,10 @@ def scale_pad_crop(image: np.ndarray, boxes: np.ndarray, params: tuple[int, int,
     h, w = image.shape[:2]
     if (nh, nw) != (h, w):
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    out = np.empty((size, size, *image.shape[2:]), image.dtype)
-    out[:] = MEAN_RGB if image.ndim == 3 and image.shape[2] == 3 else 0
-    crop = image[top : top + size, left : left + size]
-    out[: crop.shape[0], : crop.shape[1]] = crop
+    out = image[top : top + size, left : left + size]
+    if out.shape[0] < size or out.shape[1] < size:
+        fill = MEAN_RGB if image.ndim == 3 and image.shape[2] == 3 else 0
+        out = cv2.copyMakeBorder(out, 0, size - out.shape[0], 0, size - out.shape[1], cv2.BORDER_CONSTANT, value=fill)
     b = boxes.astype(np.float64) * np.array([nw / w, nh / h, nw / w, nh / h]) - np.array([left, top, left, top])
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     c = b.clip(0, size)
@@ -79,7 +79,7 @@ def scale_pad_crop(image: np.ndarray, boxes: np.ndarray, params: tuple[int, int,
     keep = (cw > 0) & (ch > 0) & (cw * ch >= min_visibility * area)
     c = c[keep]
     if flip:
-        out = out[:, ::-1]
+        out = cv2.flip(np.ascontiguousarray(out), 1)
         c = np.stack([size - c[:, 2], c[:, 1], size - c[:, 0], c[:, 3]], axis=1)
     return np.ascontiguousarray(out), c.astype(np.float32).reshape(-1, 4), keep
 

@@ -43,8 +43,7 @@ class ModelEMA:
                 ema_i.append(ema_state[k])
                 model_i.append(v)
         if ema_f:
-            torch._foreach_mul_(ema_f, d)
-            torch._foreach_add_(ema_f, model_f, alpha=1 - d)
+            torch._foreach_lerp_(ema_f, model_f, 1 - d)  # ema + (1 - d)(model - ema): one kernel per tensor
         if ema_i:
             torch._foreach_copy_(ema_i, model_i)
 
