@@ -158,20 +158,20 @@ class TrainTransform:
                 A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=MEAN_RGB),
                 crop,
             ]
+        # fast: the geometry in numpy and only the colour jitter here (reseeded per image: keep it small)
         self.pipeline = A.Compose(
-            [*geometric, A.HorizontalFlip(p=hflip), *photometric],
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"],
-                                     min_visibility=min_visibility, clip=True, filter_invalid_bboxes=True),
+            [*([] if self.fast else [*geometric, A.HorizontalFlip(p=hflip)]), *photometric],
+            bbox_params=None if self.fast else A.BboxParams(
+                format="pascal_voc", label_fields=["labels", "ignore"], min_visibility=min_visibility, clip=True,
+                filter_invalid_bboxes=True),
             seed=seed,
         )
-        self.photometric = A.Compose(photometric, seed=seed)
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         """Seed every random choice (called per DataLoader worker)."""
         self.rng = np.random.default_rng(seed)
         self.pipeline.set_random_seed(seed)
-        self.photometric.set_random_seed(seed)
 
     def __call__(self, item: dict) -> dict:
         image = item["image"]
@@ -188,7 +188,7 @@ class TrainTransform:
         if self.fast:
             params = scale_crop_params(self.rng, *image.shape[:2], self.size, self.scale, self.hflip)
             image, b, keep = scale_pad_crop(image, boxes, params, self.size, self.min_visibility)
-            out = {"image": self.photometric(image=image)["image"]}
+            out = self.pipeline(image=image)
             lab, ign = labels[keep], ignore[keep]
         else:
             out = self.pipeline(image=image, bboxes=boxes, labels=labels, ignore=ignore)
