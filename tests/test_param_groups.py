@@ -215,14 +215,14 @@ def test_a_run_started_with_one_group_resumes_with_one_group(tmp_path, monkeypat
 def test_gradient_clipping_sees_the_loss_parameters(tmp_path, monkeypatch):
     """The criterion lives beside the network: clipping must still include its parameters."""
     seen = {}
-    original = nn.utils.clip_grad_norm_
+    original = nn.utils.clip_grads_with_norm_
 
     def spy(params, max_norm, *args, **kwargs):
         params = list(params)
         seen["ids"] = {id(p) for p in params}
         return original(params, max_norm, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module.nn.utils, "clip_grad_norm_", spy)
+    monkeypatch.setattr(trainer_module.nn.utils, "clip_grads_with_norm_", spy)
     caught = catch_trainer(monkeypatch)
     assert main([*TINY, "--epochs", "1", "--weighting", "uncertainty", "--clip-grad", "10",
                  "--out", str(tmp_path / "run")]) == 0
