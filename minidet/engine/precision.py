@@ -4,10 +4,10 @@
 natively, else float32:
 
 - CPU: the x86 ``avx512_bf16`` or ``amx_bf16`` instructions, read from ``/proc/cpuinfo``
-  (Linux; other systems and Arm CPUs: float32, not measured). Without them oneDNN converts every bfloat16 operand in
-  software, which is slower than float32, so ``auto`` stays in float32 there. Measured on a
-  2-core AMD EPYC with avx512_bf16: forward + backward of the small preset's model on 16 images
-  at 128 px 1.4-1.6x faster than float32 (eval/README.md).
+  (Linux; other systems and Arm CPUs: float32). Without them oneDNN emulates bfloat16 around
+  float32 arithmetic, so ``auto`` stays in float32 there (not measured on such a CPU). Measured
+  on a 2-core AMD EPYC with avx512_bf16: forward + backward of the small preset's model on 16
+  images at 128 px 1.4x faster than float32 (eval/README.md).
 - CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and later).
 
 The choice is made once when a run starts and saved with its configuration as ``bf16`` or
