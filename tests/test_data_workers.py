@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,15 @@ def test_check_decodes_every_image(tmp_path, capsys):
     assert f"turned.jpg: the annotations say {H}x{W} but the image is {W}x{H} as displayed (its EXIF orientation" in out
     assert "good.jpg" not in out and "phone.jpg" not in out
     assert check_main([str(root), "--format", "coco", "--splits", "train", "--no-decode"]) == 0
+
+
+def test_workers_start_after_opencv_threads_were_used():
+    """eval/bench_data.py renders and writes 512 px images with OpenCV in the main process, then
+    reads them with 2 DataLoader workers: the forked workers hung in OpenCV's thread pool until
+    build_loader made OpenCV single-threaded. Run in a subprocess under a time limit."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, str(root / "eval" / "bench_data.py"), "--workers", "2", "--images", "16"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| COCO PNG files (decoded) | 2 |" in proc.stdout

@@ -178,6 +178,11 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
         sampler = SequentialSampler(dataset)
     if drop_last is None:
         drop_last = train and train_drop_last(len(sampler), batch_size)
+    if workers > 0:
+        # forked workers hang in OpenCV's thread pool once this process has used it (seen with 2
+        # workers after OpenCV wrote and resized 512 px images here, eval/bench_data.py); the
+        # workers are the parallelism, so OpenCV stays single-threaded
+        cv2.setNumThreads(1)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate if size_divisor == 32 else functools.partial(collate, size_divisor=size_divisor),
