@@ -314,9 +314,10 @@ def main(argv=None) -> int:
     device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and world > 1 else args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed training / evaluation sizes: pick the fastest kernels once
-    if args.amp == "auto" and is_main():
-        print(f"amp auto: {resolve_amp(args.amp, device)} on this {device.type} (--amp off for float32)")
+    auto_amp = args.amp == "auto"
     args.amp = resolve_amp(args.amp, device)  # (saved resolved: a resumed run keeps its precision)
+    if auto_amp and is_main():
+        print(f"amp auto: {args.amp} on this {device.type} (--amp off for float32)")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     threads, args.loader_workers = plan_cpu_use(device, args.workers, local_world)
     seed_everything(args.seed + rank)

@@ -587,9 +587,10 @@ class Trainer:
             self.scaler.update()  # fp16: forget this step's gradients (the scale backs off); else nothing
             self.optimizer.zero_grad(set_to_none=True)
             bad = [k for k, v in losses.items() if not torch.isfinite(v).all()] if local_bad else []
+            where = (f"components {', '.join(bad)}" if bad else "on another process" if any_bad else
+                     "the gradients of finite losses")
             st.bad_steps += 1
             if not any_bad:  # finite losses everywhere, inf / NaN gradients (the same on every process)
-                bad = ["gradients"]
                 if is_main():
                     print(f"warning: non-finite gradients (finite loss) at iteration {st.iteration}; step skipped "
                           f"({st.bad_steps} in a row)")
@@ -606,8 +607,6 @@ class Trainer:
                 newest = self._last_checkpoint()
                 saved = (f"The last good checkpoint is {newest}." if newest is not None else
                          f"No checkpoint was written yet ({self.run_dir / 'last.pt'} does not exist).")
-                where = (f"components {', '.join(bad)}" if bad and bad != ["gradients"] else
-                         "the gradients" if bad else "on another process")
                 raise TrainingError(
                     f"{st.bad_steps} consecutive non-finite losses (last at iteration {st.iteration}, {where}); "
                     f"stopped. {saved} Lower --lr, raise --warmup-iters, set --clip-grad, "
