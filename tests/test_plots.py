@@ -1,11 +1,9 @@
 """minidet.plots: PR-curve values are pycocotools' own precision array; results.csv / results.png
-from written records; the study charts render at their requested sizes."""
+from written records."""
 
 import contextlib
 import csv
 import io
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,8 +12,6 @@ from coco_random import random_coco
 from minidet.engine.logger import RunLogger, results_rows
 from minidet.evaluation.coco import evaluate_boxes, load_coco_boxes
 from minidet.plots import plot_pr_curves, pr_curve_values
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 
 
 def _pycocotools_precision(gt: dict, res: list) -> np.ndarray:
@@ -80,14 +76,3 @@ def test_results_csv_rows_and_png(tmp_path):
     assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "losses.png").exists()
     img = cv2.imread(str(tmp_path / "results.png"))  # 3 losses, lr, weights, AP, AP50, AP75: 2 rows of 5
     assert img is not None and img.shape == (520, 1600, 3)
-
-
-def test_study_charts_render_at_their_sizes():
-    import study_plots
-
-    bars = study_plots.bar_chart(["a", "b", "c"], [0.3, float("nan"), 0.2], [0.01, float("nan"), 0.02], "t", "AP",
-                                 ["g1", "g1", "g2"])
-    line = study_plots.line_chart([("x", [1, 2, 3], [1.0, 10.0, 100.0]), ("y", [], [])], "t", "it", "v", log_y=True,
-                                  size=(900, 450))
-    assert bars.shape == (110 + 24 * 3, 900, 3) and line.shape == (450, 900, 3)
-    assert study_plots.grid([line, line], 3).shape == (450, 2700, 3) and (line < 250).mean() > 0.01

@@ -1,9 +1,7 @@
-"""One cell x seed of a loss study: ``python -m minidet.train`` then ``python -m minidet.eval``
-(COCO + oLRP) in one process, and a compact record.json of the outcome.
-
-    python eval/study_run.py RUN_DIR -- TRAIN_FLAGS...
-
-An interrupted run (RUN_DIR/last.pt without record.json) continues with --resume.
+"""One cell x seed of a study: ``python -m minidet.train`` then ``python -m minidet.eval`` (COCO +
+oLRP on the final weights, the EMA where the run keeps one) in this process, and a compact
+``record.json`` of the outcome. A run folder with ``last.pt`` and no ``summary.json`` continues
+with ``--resume``; one with ``summary.json`` is only evaluated again.
 """
 
 from __future__ import annotations
@@ -12,13 +10,11 @@ import json
 import math
 import os
 import platform
-import sys
 from pathlib import Path
 
 import torch
 
-from minidet import eval as minidet_eval
-from minidet import train as minidet_train
+__all__ = ["run_cell", "summarise", "hardware"]
 
 SERIES_KEYS = ("cls", "reg", "cls_weighted", "reg_weighted", "weight_cls", "weight_reg", "loss", "grad_ratio",
                "score_iou_pearson", "score_iou_spearman", "num_pos")
@@ -30,7 +26,7 @@ def _mean(values: list[float]) -> float:
 
 
 def hardware(device: str) -> str:
-    """The machine in words: CPU model and cores (or the GPU), torch version."""
+    """The machine in words: CPU model and cores (or the GPU), torch version, threads per run."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,10 +35,17 @@ def hardware(device: str) -> str:
                 break
     except OSError:
         pass
-    where = f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    where = f"{cpu}, {cores} cores"
     if device.startswith("cuda") and torch.cuda.is_available():
         where = f"{torch.cuda.get_device_name(0)} ({where})"
     return f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads per run"
+
+
+def _last_per_iteration(records: list[dict]) -> list[dict]:
+    """A resumed run logs the steps after its checkpoint again: keep the last record per iteration."""
+    by_it = {r["iteration"]: r for r in records}
+    return [by_it[i] for i in sorted(by_it)]
 
 
 def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
@@ -50,9 +53,11 @@ def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     coco, lrp, per_iou = metrics["coco"], metrics["lrp"], metrics["AP_per_IoU"]
-    train = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = _last_per_iteration([r for r in logged if r["kind"] == "train"])
+    evals = _last_per_iteration([r for r in logged if r["kind"] == "eval"])
     tail = train[-max(1, len(train) // 4):]  # the last quarter of training
-    series = {"iteration": [r["iteration"] for r in train]}
+    series: dict[str, list] = {"iteration": [r["iteration"] for r in train]}
     for k in SERIES_KEYS:
         if any(k in r for r in train):
             series[k] = [round(r[k], 6) if k in r and math.isfinite(r[k]) else None for r in train]
@@ -65,19 +70,30 @@ def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
                     **{k: lrp[k] for k in ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN")}},
         "late": {k: _mean([r.get(k, float("nan")) for r in tail])
                  for k in ("score_iou_pearson", "score_iou_spearman", "grad_ratio", "weight_cls", "weight_reg")},
+        "curve": {"iteration": [r["iteration"] for r in evals], "AP": [r["AP"] for r in evals],
+                  "AP50": [r["AP50"] for r in evals]},
         "series": series,
     }
 
 
-def run(run_dir: Path, flags: list[str]) -> int:
+def run_cell(run_dir: Path, flags: list[str]) -> int:
+    """Train (or resume), evaluate and write run_dir/record.json; -> exit status (0: done)."""
+    from minidet import eval as minidet_eval
+    from minidet import train as minidet_train
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "summary.json").is_file():
+    summary = run_dir / "summary.json"
+    try:
+        json.loads(summary.read_text())
+    except (OSError, ValueError):  # none yet, or torn by a kill during its write: training finishes it
+        summary.unlink(missing_ok=True)
+    if not summary.is_file():
         resume = ["--resume", str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
         rc = minidet_train.main([*flags, "--out", str(run_dir), *resume])
         if rc:
             return rc
     device = flags[flags.index("--device") + 1] if "--device" in flags else "cpu"
-    rc = minidet_eval.main(["--weights", str(run_dir / "best.pt"), "--metrics", "coco", "lrp", "--device", device,
+    rc = minidet_eval.main(["--weights", str(run_dir / "last.pt"), "--metrics", "coco", "lrp", "--device", device,
                             "--out", str(run_dir / "eval")])
     if rc:
         return rc
@@ -86,15 +102,3 @@ def run(run_dir: Path, flags: list[str]) -> int:
     tmp.write_text(json.dumps(record))
     tmp.replace(run_dir / "record.json")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 2 or argv[1] != "--":
-        print("usage: python eval/study_run.py RUN_DIR -- TRAIN_FLAGS...", file=sys.stderr)
-        return 2
-    return run(Path(argv[0]), argv[2:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

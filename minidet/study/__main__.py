@@ -1,0 +1,230 @@
+"""Which loss helps on this data? Train a study's grid, several seeds per cell, and write its tables.
+
+    python -m minidet.study ranking                                  # shapes, the trainer's defaults
+    python -m minidet.study ranking alwa --data my_data.yaml --jobs 2
+    python -m minidet.study all --budget quick                       # every study, plumbing check
+    python -m minidet.study ranking --budget eval/budgets/converged.yaml --no-train   # tables only
+
+Studies: weights, alwa, ranking, families, balance (minidet/study/grids.py). A budget is built in
+(quick, default) or a YAML file (minidet/study/budgets.py). Every cell x seed is one training +
+evaluation in its own run folder under --work; identical flag sets are trained once for every
+study that needs them; a finished run is appended to <results>/<study>/<tag>_runs.jsonl, and a
+study killed at any moment continues where it stopped when the same command runs again. Each
+study writes <tag>.md / .csv (mean ± std, the paired ΔAP to the reference cell with its 95%
+t-interval, the verdict, the paper's direction), <tag>_ap.png, <tag>_curves.png, and a
+convergence check: the reference cell at twice the schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import HelpFormatter
+from .budgets import Budget, BudgetError, load_budget
+from .grids import COMMON, STUDIES, Cell, Study
+from .pool import BUSY, StudyPool
+from .records import append_record, load_records, run_key
+from .report import write_report
+
+CHECK_SEEDS = 2  # seeds of the convergence check
+
+
+@dataclass
+class Job:
+    """One run folder and every (study, cell, seed) that reads it."""
+
+    run_dir: Path
+    flags: list[str]
+    users: list[tuple[str, Cell, int]] = field(default_factory=list)
+
+
+def data_tag(budget: Budget, data: str) -> str:
+    """Tables of a budget on its own data are named after the budget, on other data also after it."""
+    if data == budget.data:
+        return budget.name
+    return f"{budget.name}-{'shapes' if data == 'shapes' else Path(data).stem}"
+
+
+def run_flags(budget: Budget, study: Study, cell: Cell, seed: int, data: str, device: str,
+              reference_iterations: int | None = None) -> list[str] | None:
+    """The full ``python -m minidet.train`` flag list of one cell x seed (None: a 2x check whose
+    length is not known until its 1x reference has trained)."""
+    schedule = budget.schedule_flags(cell.schedule, reference_iterations)
+    if cell.schedule != 1 and not schedule:
+        return None
+    return [*COMMON, *budget.flags, *study.flags, *cell.flags, "--data", data, "--device", device,
+            "--seed", str(seed), *schedule]
+
+
+class Progress:
+    """Runs done / total and the time left, from the mean wall clock per finished run so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def line(self) -> str:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        return f"[{self.done}/{self.total} runs, {elapsed / 60:.1f} min, about {left / 60:.0f} min left]"
+
+
+def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], records: dict) -> dict[Path, Job]:
+    """Every run still missing from the record files, seed by seed (so a stopped study has whole
+    seeds), the same run folder once."""
+    jobs: dict[Path, Job] = {}
+    tag_dir = args.work / budget.name / ("shapes" if args.data == "shapes" else Path(args.data).stem)
+    for seed in seeds:
+        for study in studies:
+            cells = study.cells(budget.alwa_intervals)
+            for cell in cells:
+                if cell.schedule != 1 and seed not in seeds[:CHECK_SEEDS]:
+                    continue
+                ref_iters = None
+                if cell.schedule != 1:
+                    ref = records[study.name].get((cell.ref, seed))
+                    ref_iters = ref["iterations"] if ref else None
+                flags = run_flags(budget, study, cell, seed, args.data, args.device, ref_iters)
+                if flags is None:
+                    continue
+                done = records[study.name].get((cell.name, seed))
+                if done is not None and run_key(done["flags"]) == run_key(flags):
+                    continue
+                run_dir = tag_dir / f"{run_key(flags)}-seed{seed}"
+                jobs.setdefault(run_dir, Job(run_dir, flags)).users.append((study.name, cell, seed))
+    return jobs
+
+
+def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Progress | None) -> bool:
+    """Append a finished run to the record file of each study that uses it; -> success."""
+    import json
+
+    rec_file = job.run_dir / "record.json"
+    names = ", ".join(f"{s}: {c.name} seed {seed}" for s, c, seed in job.users)
+    if rc == BUSY:
+        print(f"   busy: {job.run_dir} is being trained by another process; rerun this command when it is done",
+              flush=True)
+        return False
+    if rc != 0 or not rec_file.is_file():
+        print(f"   FAILED ({names}): exit {rc}; log: {job.run_dir / 'log.txt'}", flush=True)
+        return False
+    rec = json.loads(rec_file.read_text())
+    for study, cell, seed in job.users:
+        kept = rec if study == "balance" else {k: v for k, v in rec.items() if k != "series"}
+        append_record(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl",
+                      {"cell": cell.name, "seed": seed, **kept})
+        records[study][(cell.name, seed)] = kept
+    m = rec["metrics"]
+    where = progress.line() if progress else "[trained before]"
+    print(f"   {where} {names}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} ({rec['minutes']:.1f} min train)", flush=True)
+    return True
+
+
+def results_dir(args, budget: Budget) -> Path:
+    return args.results or budget.results or Path("runs/study/results")
+
+
+def train_missing(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], records: dict) -> bool:
+    """Train every missing run (two passes: the 2x checks need their reference's length)."""
+    ok = True
+    for _ in range(2):
+        jobs = plan(args, studies, budget, seeds, records)
+        cached = [j for j in jobs.values() if (j.run_dir / "record.json").is_file()]
+        for job in cached:  # trained already for another study or budget tag
+            ok = collect(job, 0, args, budget, records, None) and ok
+        todo = [j for j in jobs.values() if j not in cached]
+        if not todo:
+            continue
+        print(f"== {len(todo)} runs to train, {args.jobs} at a time (run folders under {args.work})", flush=True)
+        progress, pool = Progress(len(todo)), StudyPool(args.jobs)
+        try:
+            running = {pool.submit(j.run_dir, j.flags): j for j in todo}
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    ok = collect(running.pop(fut), fut.result(), args, budget, records, progress) and ok
+        except KeyboardInterrupt:
+            print("\ninterrupted: the runs saved their checkpoints; run the same command again to continue",
+                  flush=True)
+            pool.shutdown(cancel=True)
+            raise
+        pool.shutdown()
+    return ok
+
+
+def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: dict) -> None:
+    cells = study.cells(budget.alwa_intervals)
+    selected = {k: v for k, v in records.items() if k[1] in seeds}
+    hardware = next((r.get("hardware") for r in selected.values() if r.get("hardware")), "unknown")
+    minutes = sum(r["minutes"] for r in selected.values())
+    budget_arg = args.budget
+    header = [f"Budget `{budget.name}`: {budget.note}. Data: `{args.data}`.",
+              f"Command: `python -m minidet.study {study.name} --budget {budget_arg}"
+              + (f" --data {args.data}" if args.data != budget.data else "") + "`.",
+              f"Flags of every run: `{' '.join([*COMMON, *budget.flags, *study.flags])}`, then each cell's own "
+              "flags (minidet/study/grids.py), `--seed S`, and the evaluation interval.",
+              f"Hardware: {hardware}.",
+              f"Seeds {', '.join(map(str, seeds))} (the convergence check: the first {CHECK_SEEDS}); "
+              f"{len(selected)} runs recorded; their training time adds up to {minutes:.1f} min."]
+    window = 100 if budget.name != "quick" else 3
+    out = results_dir(args, budget) / study.name
+    written = write_report(study.name, study.title, cells, selected, out, args.tag, header, window)
+    print(f"   {study.name}: wrote {', '.join(str(p) for p in written)}", flush=True)
+    md = (out / f"{args.tag}.md").read_text().splitlines()
+    print("   " + md[2], flush=True)  # the convergence line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m minidet.study", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("studies", nargs="+", choices=[*STUDIES, "all"], help="studies to run ('all': every one)")
+    p.add_argument("--budget", default="default", help="built-in budget (quick, default) or a budget YAML file")
+    p.add_argument("--data", default=None, help="dataset YAML, dataset folder or 'shapes' (default: the budget's)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per cell, 0..N-1 (default: the budget's)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each on cores / jobs threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--work", type=Path, default=Path("runs/study"), help="run folders (checkpoints, logs)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="where the tables go (default: the budget file's 'results', else runs/study/results)")
+    p.add_argument("--no-train", action="store_true", help="only rebuild the tables from the recorded runs")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    if args.seeds is not None and args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    if "all" in args.studies:
+        args.studies = list(STUDIES)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        budget = load_budget(args.budget)
+    except BudgetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.data = args.data or budget.data
+    args.tag = data_tag(budget, args.data)
+    seeds = tuple(range(args.seeds)) if args.seeds else budget.seeds
+    studies = [STUDIES[name] for name in dict.fromkeys(args.studies)]
+    records = {s.name: load_records(results_dir(args, budget) / s.name / f"{args.tag}_runs.jsonl") for s in studies}
+    print(f"== {', '.join(s.name for s in studies)}: budget {budget.name}, data {args.data}, seeds "
+          f"{', '.join(map(str, seeds))}", flush=True)
+    ok = True
+    if not args.no_train:
+        try:
+            ok = train_missing(args, studies, budget, seeds, records)
+        except KeyboardInterrupt:
+            return 130
+    for study in studies:
+        report(args, study, budget, seeds, records[study.name])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""python -m minidet.study end to end at the quick budget: every study writes its tables and
+charts, each ΔAP interval is the paired t-interval of the raw records, aLRP's gradient ratio is 1,
+a rebuild trains nothing, and a study killed (SIGKILL to its whole process group) at a random
+instant and run again ends with the same records as the uninterrupted one."""
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minidet.study.budgets import BUILTIN
+from minidet.study.grids import STUDIES
+
+T_975_DF1 = 12.706205  # t_{0.975} with 1 degree of freedom (2 seeds), from the printed table
+COMPARED = ("flags", "iterations", "metrics", "curve", "late")
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "minidet.study", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _records(results: Path, study: str) -> dict:
+    rows = [json.loads(line) for line in (results / study / "quick_runs.jsonl").read_text().splitlines()]
+    return {(r["cell"], r["seed"]): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def quick_all(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    t0 = time.perf_counter()
+    done = subprocess.run(_cmd("all", "--budget", "quick", "--jobs", "2", "--work", str(root / "work"),
+                               "--results", str(root / "results")), capture_output=True, text=True, timeout=900,
+                          env=_env())
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return root, done.stdout, time.perf_counter() - t0
+
+
+def test_every_study_writes_tables_with_paired_intervals(quick_all):
+    root, stdout, _ = quick_all
+    budget = BUILTIN["quick"]
+    assert "runs to train" in stdout and "min left]" in stdout  # progress with the time left
+    for name, study in STUDIES.items():
+        out = root / "results" / name
+        cells = study.cells(budget.alwa_intervals)
+        table = (out / "quick.md").read_text()
+        assert "Convergence check (`" + study.reference + "`, seeds 0, 1)" in table
+        rows = list(csv.DictReader((out / "quick.csv").open()))
+        assert [r["cell"] for r in rows] == [c.name for c in cells]
+        assert all(r["n"] == "2" for r in rows)  # both seeds, the 2x check included
+        records = _records(root / "results", name)
+        for cell, row in zip(cells, rows, strict=True):
+            if cell.name == cell.ref:
+                assert row["verdict"] == "ref"
+                continue
+            diffs = [records[(cell.name, s)]["metrics"]["AP"] - records[(cell.ref, s)]["metrics"]["AP"] for s in (0, 1)]
+            mean, sd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / math.sqrt(2)
+            half = T_975_DF1 * sd / math.sqrt(2)
+            assert float(row["dAP_mean"]) == pytest.approx(mean, abs=1e-5)
+            assert float(row["dAP_ci_low"]) == pytest.approx(mean - half, abs=1e-5)
+            assert float(row["dAP_ci_high"]) == pytest.approx(mean + half, abs=1e-5)
+            expected = "better" if mean - half > 0 else "worse" if mean + half < 0 else "no detectable difference"
+            assert row["verdict"] == expected
+            if cell.paper is not None and cell.paper.sign is not None:
+                assert row["vs_paper"] in ("agrees", "disagrees", "no detectable difference")
+        for png in ("quick_ap.png", "quick_curves.png"):
+            assert (out / png).stat().st_size > 10_000
+    balance = {r["cell"]: r for r in csv.DictReader((root / "results" / "balance" / "quick.csv").open())}
+    assert float(balance["aLRP (GIoU) + SB"]["grad_ratio_mean"]) == pytest.approx(1.0, abs=1e-3)  # aLRP Thm. 2
+    assert float(balance["focal"]["grad_ratio_mean"]) != pytest.approx(1.0, abs=1e-3)
+    assert (root / "results" / "balance" / "quick_alwa_windows.png").is_file()
+
+
+def test_rebuild_from_records_trains_nothing(quick_all):
+    root, _, _ = quick_all
+    before = (root / "results" / "ranking" / "quick.md").read_text()
+    again = subprocess.run(_cmd("ranking", "--budget", "quick", "--work", str(root / "work"), "--results",
+                                str(root / "results")), capture_output=True, text=True, timeout=300, env=_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "runs to train" not in again.stdout
+    assert (root / "results" / "ranking" / "quick.md").read_text() == before
+
+
+def test_killed_study_resumes_to_the_same_records(quick_all, tmp_path):
+    root, _, _ = quick_all
+    args = _cmd("ranking", "--budget", "quick", "--jobs", "2", "--work", str(tmp_path / "work"),
+                "--results", str(tmp_path / "results"))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+                            start_new_session=True)
+    delay = random.Random().uniform(4.0, 25.0)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_env())
+    assert done.returncode == 0, f"killed after {delay:.1f} s\n" + done.stdout[-3000:] + done.stderr[-3000:]
+    resumed, whole = _records(tmp_path / "results", "ranking"), _records(root / "results", "ranking")
+    assert resumed.keys() == whole.keys()
+    for key, rec in whole.items():
+        for field in COMPARED:
+            assert resumed[key][field] == rec[field], (key, field, f"killed after {delay:.1f} s")
+
+
+def test_bad_budget_is_one_line(tmp_path):
+    missing = subprocess.run(_cmd("ranking", "--budget", "nope"), capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "'nope'" in missing.stderr
+    bad = tmp_path / "b.yaml"
+    bad.write_text("flags: --epochs\nseeds: [0]\n")
+    broken = subprocess.run(_cmd("ranking", "--budget", str(bad)), capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 2 and str(bad) in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_run_keys_ignore_option_order_and_cells_never_change_the_schedule():
+    from minidet.study.records import option_groups, run_key
+
+    assert option_groups(["--a", "1", "2", "--b", "--c", "x"]) == ["--a 1 2", "--b", "--c x"]
+    assert run_key(["--model", "ssd", "--seed", "1"]) == run_key(["--seed", "1", "--model", "ssd"])
+    assert run_key(["--model", "ssd", "--seed", "1"]) != run_key(["--model", "ssd", "--seed", "2"])
+    for study in STUDIES.values():
+        assert not {"--epochs", "--iters", "--img-size", "--batch-size", "--shapes-images"} & set(study.flags)
+        for cell in study.cells((20, 100, 200, 500)):  # only losses / weights / heads / assigners
+            assert not {"--epochs", "--iters", "--lr", "--img-size", "--batch-size", "--shapes-images"} & set(cell.flags)
+
+
+def test_the_convergence_check_doubles_the_schedule():
+    from minidet.study.budgets import Budget
+
+    epochs = Budget("b", ("--img-size", "128", "--epochs", "12"), (0, 1, 2), "", eval_interval=2)
+    assert epochs.schedule_flags(1) == ["--eval-interval", "2"]
+    assert epochs.schedule_flags(2) == ["--eval-interval", "2", "--epochs", "24", "--eval-interval", "4"]
+    trainer_decides = Budget("d", (), (0, 1, 2), "")
+    assert trainer_decides.schedule_flags(1) == [] and trainer_decides.schedule_flags(2) == []
+    assert trainer_decides.schedule_flags(2, reference_iterations=1000) == ["--iters", "2000"]
