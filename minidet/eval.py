@@ -42,6 +42,7 @@ from .evaluation.coco import ResultsError, load_coco_boxes
 from .evaluation.detector_eval import evaluate_detector
 from .evaluation.figures import write_evaluation_figures
 from .evaluation.lrp import lrp_from_boxes
+from .evaluation.per_class import per_class_results, per_class_table
 
 METRICS = ("coco", "voc", "voc07", "lrp")
 
@@ -81,13 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def per_class_table(aps: dict[str, float]) -> str:
-    width = max([len(n) for n in aps] + [5])
-    lines = [f"{'class':<{width}}  AP@[.5:.95]"]
-    lines += [f"{name:<{width}}  {'   n/a' if ap != ap else f'{ap:6.3f}'}" for name, ap in aps.items()]
-    return "\n".join(lines)
-
-
 def evaluate_files(args) -> dict:
     stats = coco_evaluate(args.gt, args.results, backend=args.backend)
     print(format_table(stats))
@@ -125,8 +119,10 @@ def evaluate_model(args) -> dict:
     ev = evaluate_detector(model, dataset, loader, device, metrics=args.metrics, progress=True,
                            desc=f"eval {args.split}", amp_dtype=amp_dtype)
     print(format_table(ev.stats))
-    print(per_class_table(ev.per_class()))
-    metrics = {"coco": ev.stats, "AP_per_IoU": ev.ap_per_iou(), "per_class_AP": ev.per_class(), "images": ev.images,
+    per_class = per_class_results(ev)
+    print(per_class_table(per_class))
+    metrics = {"coco": ev.stats, "AP_per_IoU": ev.ap_per_iou(), "per_class_AP": ev.per_class(),
+               "per_class": per_class, "images": ev.images,
                "seconds": ev.seconds}
     for name, result in ev.voc.items():
         metrics[name] = result

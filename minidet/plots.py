@@ -4,7 +4,7 @@ directly: no pyplot, no display, no global backend switch).
 Run folder (``RunLogger.close`` and ``minidet.evaluation.figures``): ``plot_results``
 (results.png), ``plot_pr_curves`` (pr_curves.png), ``plot_confusion_matrix``
 (confusion_matrix.png), ``save_image_mosaic`` (val_labels.jpg / val_predictions.jpg). Studies
-(eval/study_plots.py): ``bar_chart`` and ``line_chart`` draw into an Axes of ``new_figure``;
+(minidet/study/report.py): ``bar_chart`` and ``line_chart`` draw into an Axes of ``new_figure``;
 ``figure_to_array`` renders a figure to pixels.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .anchor_fit import fit_for_config, suggest_img_size
+from .anchor_fit import fit_for_config
+from .class_sizes import class_sizes, plan_img_size
 from .configuration import (
     ANCHOR_MODES,
     PRESETS,
@@ -43,6 +45,7 @@ from .engine.distributed import barrier, cleanup, init_distributed, is_main
 from .engine.precision import AMP_CHOICES, resolve_amp
 from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
+from .evaluation.per_class import lagging_class_warnings, per_class_results, per_class_table
 from .losses import CLASSIFICATION_LOSSES, RANKING_LOSSES, REGRESSION_LOSSES
 from .models import BACKBONES, MODELS, build_model
 from .weighting import WEIGHTINGS
@@ -90,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shapes-images", type=int, help="training images of the built-in shapes data (default 2000)")
     a("--lenient", **flag, help="skip and count broken images / annotations instead of stopping")
     a("--img-size", type=_int_or_auto, help="training and evaluation image size, square, or 'auto': the size at "
-      "which the 10th-percentile training box is 2 x the smallest stride, within the images' own size "
-      "(minidet.anchor_fit.suggest_img_size) (default: auto for custom --data; the built-in shapes: preset small "
+      "which every class's median training box (classes with >= 1%% of the boxes) and the 10th-percentile box reach "
+      "2 x the smallest stride, within the images' own size and 640 px (minidet.class_sizes) (default: auto for custom --data; the built-in shapes: preset small "
       "128; RetinaNet 512, SSD 300, YOLO 448)")
     a("--augment", choices=list(AUGMENTS), help="training augmentation: standard (scale jitter 0.6-1.4, crop, "
       "flip, colour), strong (scale jitter 0.5-1.5, half of the crops keeping every box, Ultralytics' colour gains) "
@@ -304,6 +307,15 @@ def configure(argv=None) -> tuple[argparse.Namespace, dict | None, list[str]]:
     return args, resume, changed
 
 
+def class_warnings(per_class: dict, train_set, args) -> list[str]:
+    """Warnings for classes far below the others, with their box size at the training size."""
+    stride = 32 if args.model == "yolo" else 8
+    sizes = class_sizes(train_set.records, train_set.class_names)
+    median_px = {c.name: c.median_px(args.img_size) for c in sizes}
+    fix = {c.name: max(args.img_size, math.ceil(2 * stride / c.median_px(1) / 32) * 32) for c in sizes if c.boxes}
+    return lagging_class_warnings(per_class, median_px, args.img_size, stride, fix)
+
+
 def main(argv=None) -> int:
     try:
         args, resume, changed = configure(argv)
@@ -325,10 +337,12 @@ def main(argv=None) -> int:
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
         train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient, fmt=args.format)
         if args.img_size == "auto":  # (saved as the number: resume and evaluation use the same size)
-            args.img_size = suggest_img_size(train_set.records, stride=32 if args.model == "yolo" else 8)
+            plan = plan_img_size(train_set.records, train_set.class_names, stride=32 if args.model == "yolo" else 8)
+            args.img_size = plan.size
             if is_main():
-                print(f"img size auto: {args.img_size} (the 10th-percentile training box at 2 x the smallest stride, "
-                      f"within the images' own size; --img-size N to choose)")
+                print(f"img size auto: {plan.size} (every class's median training box and the 10th-percentile box "
+                      f"at >= 2 x the smallest stride, at most {plan.cap} = {plan.cap_reason}; --img-size N to "
+                      "choose); per class:\n" + "\n".join(plan.lines))
         train_set.transform = TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed,
                                              strong=args.augment == "strong",
                                              scale=tuple(args.scale_jitter) if args.scale_jitter else None)
@@ -402,6 +416,11 @@ def main(argv=None) -> int:
 
                 print(format_table(final))
                 summary["final"] = final
+                per_class = per_class_results(trainer.last_evaluation)
+                summary["per_class"] = per_class
+                print(per_class_table(per_class))
+                for line in class_warnings(per_class, train_set, args):
+                    print(line)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             written = [str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
             if (run_dir / "best.pt").is_file():

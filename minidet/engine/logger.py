@@ -94,7 +94,8 @@ def loss_keys(train: list[dict]) -> list[str]:
 def results_rows(records: list[dict]) -> list[dict]:
     """One row per evaluation, in epoch order: ``epoch`` (epochs done), ``iteration``,
     ``train/<loss>`` (mean of that epoch's logged values; empty without training records),
-    ``lr`` (the last logged in that epoch), ``val/AP``, ``val/AP50``, ``val/AP75``. A resumed
+    ``lr`` (the last logged in that epoch), ``val/AP``, ``val/AP50``, ``val/AP75`` and per class
+``val/AP/<class>``, ``val/AP50/<class>``. A resumed
     run's repeated records count once (the last)."""
     train, evals = train_and_evals(records)
     losses = loss_keys(train)
@@ -108,6 +109,9 @@ def results_rows(records: list[dict]) -> list[dict]:
         row["lr"] = epoch[-1].get("lr", "") if epoch else ""
         for k in ("AP", "AP50", "AP75"):
             row[f"val/{k}"] = e.get(k, "")
+        for k, v in e.items():  # per class: AP/<class>, AP50/<class>
+            if k.startswith(("AP/", "AP50/")):
+                row[f"val/{k}"] = v
         rows.append(row)
     return rows
 
@@ -116,7 +120,8 @@ def write_results_csv(records: list[dict], path: Path) -> Path:
     """results.csv from ``results_rows`` (a header only when nothing was evaluated)."""
     rows = results_rows(records)
     losses = sorted({k for r in rows for k in r if k.startswith("train/")}, key=lambda k: (k != "train/loss", k))
-    fields = ["epoch", "iteration", *losses, "lr", "val/AP", "val/AP50", "val/AP75"]
+    per_class = list(dict.fromkeys(k for r in rows for k in r if k.startswith(("val/AP/", "val/AP50/"))))
+    fields = ["epoch", "iteration", *losses, "lr", "val/AP", "val/AP50", "val/AP75", *per_class]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

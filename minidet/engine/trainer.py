@@ -42,6 +42,7 @@ from ..data.loader import left_out
 from ..data.problems import CountSkips, record_skipped
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector
 from ..evaluation.figures import write_evaluation_figures
+from ..evaluation.per_class import flat_per_class, per_class_results, worst_class
 from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files, save_checkpoint
 from .distributed import gather_to_main, get_rank, is_main, world_size
@@ -714,8 +715,12 @@ class Trainer:
         st = self.state
         self._updating = True
         if is_main():
-            print("val: " + ", ".join(f"{k} {v:.4f}" for k, v in stats.items() if k in ("AP", "AP50", "AP75", "AR100")))
-            self.logger.log({"kind": "eval", "epoch": st.epoch, "iteration": st.iteration, **stats})
+            per_class = per_class_results(self.last_evaluation)
+            worst = worst_class(per_class)
+            print("val: " + ", ".join(f"{k} {v:.4f}" for k, v in stats.items() if k in ("AP", "AP50", "AP75", "AR100"))
+                  + (f"; worst class {worst[0]} AP {worst[1]:.4f}" if worst else ""))
+            self.logger.log({"kind": "eval", "epoch": st.epoch, "iteration": st.iteration, **stats,
+                             **flat_per_class(per_class)})
         st.eval_pending = False
         if stats["AP"] > st.best_ap or not math.isfinite(st.best_ap):
             st.best_ap = stats["AP"]

@@ -128,9 +128,12 @@ def ap_per_iou(precision: np.ndarray) -> dict[str, float]:
     return out
 
 
-def per_class_ap(precision: np.ndarray) -> np.ndarray:
-    """AP@[.5:.95] per category (all areas, 100 detections); nan where a category has no gts."""
+def per_class_ap(precision: np.ndarray, iou: float | None = None) -> np.ndarray:
+    """AP@[.5:.95] (or AP at the single IoU threshold ``iou``) per category (all areas, 100
+    detections), as COCOeval.summarize averages its precision array; nan where a category has no gts."""
     p = precision[:, :, :, 0, 2]
+    if iou is not None:
+        p = p[np.isclose(IOU_THRS, iou)]
     out = np.full(p.shape[2], np.nan)
     for k in range(p.shape[2]):
         v = p[:, :, k]

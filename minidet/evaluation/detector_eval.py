@@ -60,9 +60,9 @@ class DetectorEvaluation:
     lrp: dict[str, float] | None = None
     voc: dict[str, dict] = field(default_factory=dict)
 
-    def per_class(self) -> dict[str, float]:
-        """AP@[.5:.95] per class name (nan: no gts of that class)."""
-        return dict(zip(self.class_names, per_class_ap(self.precision).tolist(), strict=True))
+    def per_class(self, iou: float | None = None) -> dict[str, float]:
+        """AP@[.5:.95] (or AP at IoU ``iou``) per class name (nan: no gts of that class)."""
+        return dict(zip(self.class_names, per_class_ap(self.precision, iou).tolist(), strict=True))
 
     def ap_per_iou(self) -> dict[str, float]:
         """AP at each IoU threshold 0.50:0.05:0.95 ({"0.50": AP50, ...})."""

@@ -97,7 +97,12 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
                     continue
                 run_dir = tag_dir / f"{run_key(flags)}-seed{seed}"
                 jobs.setdefault(run_dir, Job(run_dir, flags)).users.append((study.name, cell, seed))
-    return jobs
+    # the convergence check first (the reference at 1x and 2x): it says whether the tables can be trusted
+    def in_check(job: Job) -> bool:
+        return any(c.schedule != 1 or (c.name == STUDIES[name].reference and seed in seeds[:CHECK_SEEDS])
+                   for name, c, seed in job.users)
+
+    return dict(sorted(jobs.items(), key=lambda item: not in_check(item[1])))
 
 
 def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Progress | None) -> bool:
