@@ -1,6 +1,7 @@
 """Dataset check: ``python -m minidet.data.check DATASET.yaml`` (or a dataset folder, or
-``shapes``) prints, per split, the images, boxes per class, a box-size histogram and every
-problem found (the check always runs in lenient mode, so it lists them all). It decodes every
+``shapes``) prints, per split, the images, boxes per class, a box-size histogram, each class's
+box-size quantiles at the training size (flagging classes whose boxes fall under the smallest
+stride), the size --img-size auto would choose and every problem found (the check always runs in lenient mode, so it lists them all). It decodes every
 image (in parallel threads, as training will: displayed orientation, see image_io) and reports
 corrupt and truncated files and images whose decoded size differs from their annotations."""
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..class_sizes import class_sizes, plan_img_size, size_report
 from .config import _splits_of, build_dataset, resolve_config
 from .image_io import decode_rgb
 from .problems import DataError
@@ -107,18 +109,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "from the layout); must agree with a dataset YAML")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding images")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images (annotations only)")
+    p.add_argument("--img-size", default="auto", help="training size for the per-class box sizes: a number, or auto "
+                   "(what python -m minidet.train --img-size auto chooses from the train split)")
+    p.add_argument("--model", choices=["retinanet", "ssd", "yolo"], default="retinanet",
+                   help="detector family, for its smallest stride (8; YOLO v1: 32)")
     args = p.parse_args(argv)
+    if args.img_size != "auto" and not (args.img_size.isdigit() and int(args.img_size) >= 32):
+        p.error(f"--img-size must be auto or a number of pixels >= 32, got {args.img_size!r}")
     try:
         cfg = resolve_config(args.data, args.format)
         splits = (args.splits or [s for s in ("train", "val", "test") if s in cfg] or _splits_of(cfg)
                   or ["train", "val"])
         problems = 0
+        stride = 32 if args.model == "yolo" else 8
+        size = None if args.img_size == "auto" else int(args.img_size)
         for split in splits:
             ds = build_dataset(cfg, split, strict=False)
             if cfg["format"] != "shapes" and not args.no_decode:
                 check_images(ds, args.workers)
             problems += ds.report.total
             print(summarize(ds, split))
+            if size is None and ds.records:  # the first split (train) sets the automatic size
+                plan = plan_img_size(ds.records, ds.class_names, stride=stride)
+                size = plan.size
+                print(f"  --img-size auto would train at {size} px (every class's median box at >= 2 x the smallest "
+                      f"stride {stride} px, at most {plan.cap} = {plan.cap_reason}):\n" + "\n".join(plan.lines))
+            if size is not None:
+                print(f"  per class at {size} px (the smallest stride: {stride} px):")
+                print("\n".join(size_report(class_sizes(ds.records, ds.class_names), size, stride)))
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
