@@ -8,7 +8,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
 import cv2
