@@ -48,6 +48,7 @@ from .engine.trainer import Trainer, TrainingError, seed_everything
 from .evaluation.per_class import lagging_class_warnings, per_class_results, per_class_table
 from .losses import CLASSIFICATION_LOSSES, RANKING_LOSSES, REGRESSION_LOSSES
 from .models import BACKBONES, MODELS, build_model
+from .models.backbones import PretrainedWeightsError
 from .weighting import WEIGHTINGS
 
 
@@ -430,7 +431,7 @@ def main(argv=None) -> int:
             if train_set.report.skipped_files:  # lenient: images found unreadable while loading
                 print(f"train data: {train_set.report.summary()}")
         return 0
-    except (DataError, CheckpointError, TrainingError, ConfigError, ValueError) as err:
+    except (DataError, CheckpointError, TrainingError, ConfigError, ValueError, PretrainedWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -24,14 +24,20 @@ def _pretrained_weights(name: str):
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
+class PretrainedWeightsError(RuntimeError):
+    """torchvision's ImageNet weights could not be loaded (no network and no cached file)."""
+
+
 def _load_pretrained(builder, name: str, **kwargs) -> nn.Module:
+    weights = _pretrained_weights(name)
     try:
-        return builder(weights=_pretrained_weights(name), **kwargs)
+        return builder(weights=weights, **kwargs)
     except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-        raise RuntimeError(
+        file = weights.url.rsplit("/", 1)[-1]
+        raise PretrainedWeightsError(
             f"could not load torchvision's ImageNet weights for {name} ({err.__class__.__name__}: {err}). "
             f"Without network access either train from scratch (pretrained=False / no --pretrained) or put "
-            f"the weight file into {torch.hub.get_dir()}/checkpoints/ on this machine first."
+            f"the weight file {file} ({weights.url}) into {torch.hub.get_dir()}/checkpoints/ on this machine first."
         ) from None
 
 
