@@ -54,6 +54,7 @@ from .progress import progress_bar
 from .resources import plan_cpu_use
 from .schedule import WARMUP_MAX_FRACTION, build_scheduler, capped_warmup, short_run_warning
 
+ESTIMATE_AFTER_STEPS = 10  # steps measured before the time of the run is estimated
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. repeated non-finite losses); the message says why and what to do."""
@@ -519,6 +520,8 @@ class Trainer:
                 losses = self.step(images, targets)  # the iteration changes the state from here ...
                 st.batch_in_epoch += 1
                 seen += len(images) * world_size()
+                if seen == ESTIMATE_AFTER_STEPS * len(images) * world_size():
+                    self._announce_time(seen / max(time.perf_counter() - t0, 1e-9))
                 if losses is not None and (st.iteration % args.log_interval == 0 or st.batch_in_epoch == n_batches
                                            or st.iteration == self.total_iters):
                     record = {"kind": "train", "epoch": st.epoch, "iteration": st.iteration,
@@ -539,6 +542,17 @@ class Trainer:
         st.batch_in_epoch = 0
         st.eval_pending = self.val_loader is not None and (st.epoch % args.eval_interval == 0 or self._length_done())
         self._updating = False
+
+    def _announce_time(self, img_per_s: float) -> None:
+        """Once per process, after the first ESTIMATE_AFTER_STEPS steps: the time the rest of the
+        run's steps will take at the measured speed (evaluations not included)."""
+        if getattr(self, "_time_announced", False) or not is_main():
+            return
+        self._time_announced = True
+        left = max(0, self.total_iters - self.state.iteration)
+        minutes = left * self.args.batch_size * world_size() / img_per_s / 60
+        print(f"speed: {img_per_s:.1f} images/s over the first {ESTIMATE_AFTER_STEPS} steps; the remaining {left} "
+              f"steps take about {minutes:.1f} min (evaluations not included)", flush=True)
 
     def step(self, images, targets) -> dict | None:
         """One optimisation step; None when it was skipped: a non-finite loss (on any process),
