@@ -433,6 +433,9 @@ def main(argv=None) -> int:
         return 0
     except (DataError, CheckpointError, TrainingError, ConfigError, ValueError, PretrainedWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
+        if getattr(err, "every_process", False):  # every rank stops here: none exits before all have said why
+            sys.stdout.flush()
+            barrier()
         return 2
     finally:
         cleanup()

@@ -95,6 +95,14 @@ def noting_step(self, images, targets):
     return out
 tr.Trainer.step = noting_step
 
+last_checkpoint = tr.Trainer._last_checkpoint
+def slow_last_checkpoint(self):  # this rank is the last to reach its error message (a loaded machine)
+    if os.environ.get("DDP_TEST_SLOW_RAISE") == str(RANK):
+        import time
+        time.sleep(5)
+    return last_checkpoint(self)
+tr.Trainer._last_checkpoint = slow_last_checkpoint
+
 save = tr.Trainer.save
 def noting_save(self, name, *args, **kwargs):
     torch.save(tr.rng_state(), os.path.join(LOG, f"rank{RANK}.saved_rng.pt"))  # this rank's state when saving
@@ -185,7 +193,7 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     run = tmp_path / "run"
     rc, out, logs = launch(tmp_path, [*TINY, "--shapes-images", "32", "--batch-size", "4", "--epochs", "2",
                                       "--val-split", "none", "--max-bad-steps", "2", "--out", str(run)],
-                           DDP_TEST_NAN="1:1,4,5")
+                           DDP_TEST_NAN="1:1,4,5", DDP_TEST_SLOW_RAISE="0")
     assert rc != 0, out[-3000:]  # stopped by the guard (exit status 2 on both ranks)
     steps = [read(logs, r) for r in (0, 1)]
     key = lambda s: (s["call"], s["epoch"], s["batch"], s["iteration"])  # noqa: E731

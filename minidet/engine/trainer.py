@@ -57,7 +57,15 @@ from .schedule import WARMUP_MAX_FRACTION, build_scheduler, capped_warmup, short
 ESTIMATE_AFTER_STEPS = 10  # steps measured before the time of the run is estimated
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. repeated non-finite losses); the message says why and what to do."""
+    """Training cannot go on (e.g. repeated non-finite losses); the message says why and what to do.
+
+    ``every_process``: raised at the same point by every process of a distributed run, so that they
+    can wait for each other before exiting (each one's message is then printed before torchrun
+    stops the others)."""
+
+    def __init__(self, message: str, *, every_process: bool = False):
+        super().__init__(message)
+        self.every_process = every_process
 
 
 @dataclass
@@ -216,7 +224,7 @@ class Trainer:
         if len(self.train_loader) == 0:
             raise TrainingError(f"the training split has {len(train_set)} image(s) for {world_size()} process(es): "
                                 f"too few for one training batch (a last batch of a single image per process is "
-                                f"dropped unless --batch-size is 1) — add images")
+                                f"dropped unless --batch-size is 1) — add images", every_process=True)
         self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=workers,
                                                    size_divisor=divisor), val_set.report, "val data")
                            if val_set else None)
@@ -625,7 +633,7 @@ class Trainer:
                 raise TrainingError(
                     f"{st.bad_steps} consecutive non-finite losses (last at iteration {st.iteration}, {where}); "
                     f"stopped. {saved} Lower --lr, raise --warmup-iters, set --clip-grad, "
-                    f"or check the data with python -m minidet.data.check")
+                    f"or check the data with python -m minidet.data.check", every_process=True)
             return None
         st.bad_steps = 0
         if found_inf:  # fp16: inf / NaN gradients; the GradScaler skips the step and lowers its scale
