@@ -57,10 +57,11 @@ def aggregate(study: str, cells: list[Cell], records: dict[tuple[str, int], dict
         ref = dict(_runs(records, cell.ref))
         diff = mean_interval([r["metrics"]["AP"] - ref[s]["metrics"]["AP"] for s, r in runs if s in ref])
         is_ref = cell.name == cell.ref
+        pending = {0: "not run yet", 1: "1 pair: no interval yet"}.get(diff.n)  # a partial study
         row.update(pairs=diff.n, dAP_mean=diff.mean, dAP_std=diff.std, dAP_ci_low=diff.low, dAP_ci_high=diff.high,
-                   verdict="ref" if is_ref else verdict(diff),
+                   verdict="ref" if is_ref else pending or verdict(diff),
                    paper=cell.paper.text if cell.paper else "",
-                   vs_paper="" if is_ref or not cell.paper else direction_agreement(diff, cell.paper.sign))
+                   vs_paper="" if is_ref or not cell.paper else pending or direction_agreement(diff, cell.paper.sign))
         row["minutes_mean"] = mean_interval([r["minutes"] for _, r in runs]).mean
         for _, key, _ in EXTRAS.get(study, []):
             iv = mean_interval([r["late"].get(key) for _, r in runs])
