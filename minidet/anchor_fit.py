@@ -39,7 +39,7 @@ rule); ``fit_for_config`` applies the fit to a resolved training configuration.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -256,21 +256,20 @@ def suggest_img_size(records: Sequence, *, stride: int = 8, min_side: float | No
     return min(up(max(need, min_size)), cap)
 
 
-def fit_for_config(cfg: dict, records: Sequence) -> str:
+def fit_for_config(cfg: dict, records: Sequence, preset: Mapping | None = None) -> str:
     """``--anchors auto``: fit on the training ``records`` and store the fitted ``anchor_sizes`` /
     ``anchor_ratios`` in the resolved configuration ``cfg`` (only those left unset: given values
-    stay), so that resume and evaluation rebuild the same model. -> the printable summary,
-    with a hint when ``suggest_img_size`` proposes a larger ``--img-size``."""
-    from .configuration import PRESETS
-
+    stay), so that resume and evaluation rebuild the same model. ``preset``: the preset's own
+    values for the family (``configuration.preset_values``), whose anchors are the default the
+    fit is compared with. -> the printable summary, with a hint when ``suggest_img_size``
+    proposes a larger ``--img-size``."""
     family, img_size = cfg["model"], int(cfg["img_size"])
     wh = box_sizes(records, img_size)
     if family != "retinanet":
         fit = fit_anchors(wh, family=family, img_size=img_size, seed=cfg.get("seed") or 0,
                           ssd_backbone=cfg.get("backbone", "tiny"))
     else:
-        preset = PRESETS.get(cfg.get("preset"), {})
-        preset = {**preset.get("common", {}), **preset.get("retinanet", {})}
+        preset = preset or {}
         fam = retinanet_anchors(cfg["assigner"])
         default = tuple(cfg.get(k) or preset.get(k) or f
                         for k, f in zip(("anchor_sizes", "anchor_ratios", "anchor_scales"), fam, strict=True))

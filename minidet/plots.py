@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .engine.logger import finite, loss_keys, train_and_evals
 from .evaluation.coco import IOU_THRS, REC_THRS
 from .evaluation.confusion import CONF_IOU_THRESH, CONF_SCORE_THRESH
+from .run_records import finite, loss_keys, train_and_evals
 
 __all__ = ["bar_chart", "figure_to_array", "line_chart", "new_figure", "plot_confusion_matrix",
            "plot_pr_curves", "plot_results", "pr_curve_values", "save_figure", "save_image_mosaic"]

@@ -29,19 +29,20 @@ from .configuration import (
     changes,
     check_device,
     model_options,
+    preset_values,
     resolve,
 )
 from .data import EvalTransform, TrainTransform, build_dataset
 from .data.mosaic import Mosaic
 from .data.problems import DataError
 from .data.transforms import AUGMENTS
+from .distributed import barrier, cleanup, init_distributed, is_main
 from .engine.checkpoint import (
     CheckpointError,
     checkpoint_weights,
     load_checkpoint,
     load_matching_state,
 )
-from .engine.distributed import barrier, cleanup, init_distributed, is_main
 from .engine.precision import AMP_CHOICES, resolve_amp
 from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
@@ -356,7 +357,7 @@ def main(argv=None) -> int:
                 if ds is not None and ds.report.total:
                     print(f"{name} data: {ds.report.summary()}")
         if args.anchors == "auto" and resume is None:  # (a resumed run keeps its saved, fitted anchors)
-            summary = fit_for_config(vars(args), train_set.records)
+            summary = fit_for_config(vars(args), train_set.records, preset_values(vars(args)))
             if is_main():
                 print(summary)
         model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,

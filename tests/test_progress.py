@@ -1,11 +1,11 @@
-"""minidet.engine.progress: tqdm on a terminal, plain lines (no carriage returns) otherwise."""
+"""minidet.progress: tqdm on a terminal, plain lines (no carriage returns) otherwise."""
 
 import io
 import sys
 
 from tqdm import tqdm
 
-from minidet.engine.progress import LineProgress, progress_bar
+from minidet.progress import LineProgress, progress_bar
 
 
 class _Terminal(io.StringIO):

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..configuration import effective_lr
-from .distributed import world_size
+from ..distributed import world_size
 
 __all__ = ["NORM_LAYERS", "parameter_groups", "build_optimizer"]
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..configuration import MIN_STEPS_FROM_SCRATCH
+
 WARMUP_MAX_FRACTION = 0.1
 
 
@@ -51,13 +53,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup: int, s
     steps = tuple(steps)
     lr_factor(0, total, warmup, schedule, steps)  # validates the name
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, warmup, schedule, steps))
-
-
-# A detector trained from scratch needs at least this many optimizer steps to learn anything
-# useful. Measured here (eval/README.md, shapes at 128 px, the tiny backbone): 315 steps reach
-# COCO AP 0.13, the no-flag run's 1500 steps 0.658; the shortest published schedules are far
-# longer (detectron2 / mmdetection 1x: 90k iterations, whose warmup alone is 500-1000).
-MIN_STEPS_FROM_SCRATCH = 1000
 
 
 def short_run_warning(total: int, batches_per_epoch: int, epochs: int, given_iters: bool,

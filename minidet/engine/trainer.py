@@ -40,17 +40,17 @@ from ..configuration import ConfigError, lr_step_fractions
 from ..data import build_loader
 from ..data.loader import left_out
 from ..data.problems import CountSkips, record_skipped
+from ..distributed import gather_to_main, get_rank, is_main, world_size
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector
 from ..evaluation.figures import write_evaluation_figures
 from ..evaluation.per_class import flat_per_class, per_class_results, worst_class
+from ..progress import progress_bar
 from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files, save_checkpoint
-from .distributed import gather_to_main, get_rank, is_main, world_size
 from .ema import ModelEMA
 from .logger import RunLogger
 from .optim import build_optimizer, trainable_parameters
 from .precision import amp_dtype
-from .progress import progress_bar
 from .resources import plan_cpu_use
 from .schedule import WARMUP_MAX_FRACTION, build_scheduler, capped_warmup, short_run_warning
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..engine.distributed import broadcast_from_main, gather_to_main, is_main, world_size
-from ..engine.progress import progress_bar
+from ..distributed import broadcast_from_main, gather_to_main, is_main, world_size
+from ..progress import progress_bar
 from .coco import ap_per_iou, evaluate_boxes, load_coco_boxes, per_class_ap
 from .lrp import lrp_from_boxes
 from .voc import VOCEvaluator

@@ -78,7 +78,11 @@ def write_evaluation_figures(evaluation: DetectorEvaluation, dataset: DetectionD
     """Write pr_curves.png, confusion_matrix.png, val_labels.jpg and val_predictions.jpg (see
     the module docstring) into ``out_dir`` -> the paths written. A figure that fails is skipped
     with a warning naming it (the evaluation's numbers are never lost to a drawing problem)."""
-    from .. import plots  # matplotlib is imported only when figures are drawn
+    from ..plots import (  # matplotlib: only when drawn
+        plot_confusion_matrix,
+        plot_pr_curves,
+        save_image_mosaic,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,16 +94,16 @@ def write_evaluation_figures(evaluation: DetectorEvaluation, dataset: DetectionD
         except Exception as err:  # noqa: BLE001 - reported, the run goes on
             print(f"warning: could not write {out / name}: {type(err).__name__}: {err}")
 
-    attempt("pr_curves.png", lambda: [plots.plot_pr_curves(evaluation.precision, evaluation.class_names,
+    attempt("pr_curves.png", lambda: [plot_pr_curves(evaluation.precision, evaluation.class_names,
                                                             out / "pr_curves.png")])
-    attempt("confusion_matrix.png", lambda: [plots.plot_confusion_matrix(
+    attempt("confusion_matrix.png", lambda: [plot_confusion_matrix(
         confusion_matrix(coco_ground_truth(dataset), evaluation.results, CONF_IOU_THRESH, CONF_SCORE_THRESH),
         evaluation.class_names, out / "confusion_matrix.png", CONF_IOU_THRESH, CONF_SCORE_THRESH)])
 
     def mosaics() -> list[Path]:
         labels, preds = mosaic_tiles(evaluation, dataset)
-        return [plots.save_image_mosaic(labels, out / "val_labels.jpg"),
-                plots.save_image_mosaic(preds, out / "val_predictions.jpg")]
+        return [save_image_mosaic(labels, out / "val_labels.jpg"),
+                save_image_mosaic(preds, out / "val_predictions.jpg")]
 
     attempt("val_labels.jpg / val_predictions.jpg", mosaics)
     return written
