@@ -4,8 +4,8 @@ Four assigners, each batched over images with gts padded to a common count G:
 
 - ``MaxIoUAssigner``: RetinaNet / Faster R-CNN matching by IoU thresholds, plus low-quality
   matches (each gt also claims its best prior(s)).
-- ``ATSSAssigner``: adaptive training sample selection (Zhang et al., 2020), as mmdetection
-  implements it.
+- ``ATSSAssigner``: adaptive training sample selection (Zhang et al., 2020), with the rule of
+  mmdetection's ATSSAssigner as written out in its docstring.
 - ``SSDMatcher``: each gt forced onto its best default box, then IoU >= threshold.
 - ``YOLOGridAssigner``: YOLO v1's responsible predictor of the cell holding the gt centre.
 
@@ -220,7 +220,8 @@ def _best_claims(claim_prior: Tensor, claim_iou: Tensor, claim_ok: Tensor, num_p
 
 
 class ATSSAssigner(_Assigner):
-    """ATSS as mmdetection implements it.
+    """ATSS with mmdetection's rule (tested against a per-gt loop written from this description,
+    not against mmdetection's code).
 
     Per level the k = min(topk, priors on the level) priors whose centres are nearest
     (Euclidean; lower index first on exact distance ties) to the gt centre are candidates;

@@ -1,5 +1,6 @@
-"""AP Loss and aLRP Loss against a direct, loop-per-positive reference (the authors' released
-implementations' semantics), the aLRP paper's Figure 1 example, and Theorem 2."""
+"""AP Loss and aLRP Loss against a direct, loop-per-positive reference written here from the
+papers' definitions (not the authors' released code), the aLRP paper's Figure 1 example, and
+Theorem 2."""
 
 import pytest
 import torch

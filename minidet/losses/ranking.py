@@ -1,6 +1,7 @@
 """Ranking-based losses: AP Loss (Chen et al.) and aLRP Loss (Oksuz et al., NeurIPS 2020).
 
-Semantics follow the authors' released implementations: ranking over ALL entries of the batch
+The semantics are those of the authors' released implementations (tested against a loop written
+from this description, not against that code): ranking over ALL entries of the batch
 (flattened logits, targets 1 / 0 / -1 for positive / negative / ignored), the smoothed step H(x) = clamp(x / (2 delta) + 0.5, 0, 1), relevant
 negatives with logit >= min(positive logits) - delta, and gradients given by the papers'
 error-driven update (custom autograd Functions), not by autograd of a surrogate.
