@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -75,7 +75,6 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of the current epoch done
     best_ap: float = -1.0
     bad_steps: int = 0  # consecutive non-finite losses
-    history: list = field(default_factory=list)
     eval_pending: bool = False  # the epoch just done still has to be evaluated (an interrupted evaluation)
 
 
@@ -375,7 +374,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
-        self.state = TrainState(**ckpt["train_state"])
+        known = {f.name for f in fields(TrainState)}  # (checkpoints before 2026-12 also hold "history")
+        self.state = TrainState(**{k: v for k, v in ckpt["train_state"].items() if k in known})
         self._restore_rng(ckpt)
         resume = getattr(self.args, "resume", None)
         last = self.run_dir / "last.pt"
@@ -536,7 +536,6 @@ class Trainer:
                               "lr": self.optimizer.param_groups[0]["lr"],
                               "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                               **{k: float(v) for k, v in losses.items()}}
-                    st.history.append({k: record[k] for k in ("iteration", "loss")})
                     if self.logger is not None:
                         self.logger.log(record)
                     bar.set_postfix({k: f"{record[k]:.3g}" for k in record
