@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..run_records import last_per_key
+
 __all__ = ["run_cell", "summarise", "hardware"]
 
 SERIES_KEYS = ("cls", "reg", "cls_weighted", "reg_weighted", "weight_cls", "weight_reg", "loss", "grad_ratio",
@@ -42,20 +44,14 @@ def hardware(device: str) -> str:
     return f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads per run"
 
 
-def _last_per_iteration(records: list[dict]) -> list[dict]:
-    """A resumed run logs the steps after its checkpoint again: keep the last record per iteration."""
-    by_it = {r["iteration"]: r for r in records}
-    return [by_it[i] for i in sorted(by_it)]
-
-
 def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
     """record.json content from the run folder's summary, evaluation and training log."""
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     coco, lrp, per_iou = metrics["coco"], metrics["lrp"], metrics["AP_per_IoU"]
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = _last_per_iteration([r for r in logged if r["kind"] == "train"])
-    evals = _last_per_iteration([r for r in logged if r["kind"] == "eval"])
+    train = last_per_key([r for r in logged if r["kind"] == "train"], "iteration")
+    evals = last_per_key([r for r in logged if r["kind"] == "eval"], "iteration")
     tail = train[-max(1, len(train) // 4):]  # the last quarter of training
     series: dict[str, list] = {"iteration": [r["iteration"] for r in train]}
     for k in SERIES_KEYS:
