@@ -143,3 +143,34 @@ def test_the_convergence_check_doubles_the_schedule():
     trainer_decides = Budget("d", (), (0, 1, 2), "")
     assert trainer_decides.schedule_flags(1) == [] and trainer_decides.schedule_flags(2) == []
     assert trainer_decides.schedule_flags(2, reference_iterations=1000) == ["--iters", "2000"]
+
+
+def test_a_run_another_study_recorded_is_not_trained_again(quick_all, tmp_path):
+    """The ranking study's focal runs (folders deleted) serve the families study's reference cell;
+    the balance study's own cells need their per-iteration series and are trained."""
+    import shutil
+
+    from minidet.study.__main__ import parse_args, plan
+    from minidet.study.records import load_records
+
+    root, _, _ = quick_all
+    shutil.copytree(root / "results" / "ranking", tmp_path / "results" / "ranking")
+    ranking = load_records(tmp_path / "results" / "ranking" / "quick_runs.jsonl")
+    for rec in ranking.values():
+        rec.pop("series", None)
+    (tmp_path / "results" / "ranking" / "quick_runs.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in ranking.values()))
+    args = parse_args(["families", "balance", "--budget", "quick", "--work", str(tmp_path / "work"),
+                       "--results", str(tmp_path / "results")])
+    args.data, args.tag = "shapes", "quick"
+    records = {"families": {}, "balance": {}}
+    jobs = plan(args, [STUDIES["families"], STUDIES["balance"]], BUILTIN["quick"], (0, 1), records)
+    trained = {(study, cell.name, seed) for job in jobs.values() for study, cell, seed in job.users}
+    ref = "RetinaNet (focal, MaxIoU)"
+    for seed in (0, 1):
+        assert ("families", ref, seed) not in trained and ("families", f"{ref} (2x schedule)", seed) not in trained
+        assert records["families"][(ref, seed)]["metrics"] == ranking[("focal + SmoothL1", seed)]["metrics"]
+        assert ("balance", "focal", seed) in trained  # no series in the ranking records
+        assert ("balance", "focal (2x schedule)", seed) not in trained
+    adopted = load_records(tmp_path / "results" / "families" / "quick_runs.jsonl")
+    assert adopted[(ref, 1)]["flags"] == ranking[("focal + SmoothL1", 1)]["flags"]

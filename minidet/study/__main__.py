@@ -78,6 +78,7 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
     """Every run still missing from the record files, seed by seed (so a stopped study has whole
     seeds), the same run folder once."""
     jobs: dict[Path, Job] = {}
+    known = recorded_runs(args, budget)
     tag_dir = args.work / budget.name / ("shapes" if args.data == "shapes" else Path(args.data).stem)
     for seed in seeds:
         for study in studies:
@@ -95,6 +96,8 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
                 done = records[study.name].get((cell.name, seed))
                 if done is not None and run_key(done["flags"]) == run_key(flags):
                     continue
+                if adopt_recorded(args, budget, known, study.name, cell, seed, flags, records):
+                    continue
                 run_dir = tag_dir / f"{run_key(flags)}-seed{seed}"
                 jobs.setdefault(run_dir, Job(run_dir, flags)).users.append((study.name, cell, seed))
     # the convergence check first (the reference at 1x and 2x): it says whether the tables can be trusted
@@ -103,6 +106,33 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
                    for name, c, seed in job.users)
 
     return dict(sorted(jobs.items(), key=lambda item: not in_check(item[1])))
+
+
+def recorded_runs(args, budget: Budget) -> dict[str, dict]:
+    """run key -> record, from the record file of every study for this budget and data: a run
+    another study recorded (its folder perhaps deleted since) is not trained again."""
+    out: dict[str, dict] = {}
+    for name in STUDIES:
+        for rec in load_records(results_dir(args, budget) / name / f"{args.tag}_runs.jsonl").values():
+            key = run_key(rec["flags"])
+            if "series" in rec or key not in out:  # prefer a record that kept the per-iteration series
+                out[key] = rec
+    return out
+
+
+def adopt_recorded(args, budget: Budget, known: dict[str, dict], study: str, cell: Cell, seed: int, flags: list[str],
+                   records: dict) -> bool:
+    """Copy the record of an identical run from another study's file into this study's; -> done.
+    The balance study's own cells need the per-iteration series, which only its records keep."""
+    rec = known.get(run_key(flags))
+    if rec is None or (study == "balance" and cell.schedule == 1 and "series" not in rec):
+        return False
+    kept = {k: v for k, v in rec.items() if k != "cell" and (study == "balance" or k != "series")}
+    append_record(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl",
+                  {"cell": cell.name, "seed": seed, **kept})
+    records[study][(cell.name, seed)] = kept
+    print(f"   [recorded before] {study}: {cell.name} seed {seed}: AP {rec['metrics']['AP']:.3f}", flush=True)
+    return True
 
 
 def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Progress | None) -> bool:
