@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .models.detector import RETINANET_STRIDES, retinanet_anchors
+from .models.families import FAMILIES
 
 __all__ = ["box_sizes", "wh_iou", "mean_best_iou", "kmeans_iou", "anchor_shapes", "fit_anchors", "AnchorFit",
            "suggest_img_size", "fit_for_config"]
@@ -183,15 +183,16 @@ class AnchorFit:
 def fit_anchors(wh: np.ndarray, *, family: str = "retinanet", assigner: str = "maxiou", img_size: int = 512,
                 sizes: Sequence[float] | None = None, ratios: Sequence[float] | None = None,
                 scales: Sequence[float] | None = None, default: tuple | None = None, k: int = 9,
-                num_ratios: int = 3, seed: int = 0, ssd_backbone: str = "tiny") -> AnchorFit:
+                num_ratios: int = 3, seed: int = 0, backbone: str = "tiny") -> AnchorFit:
     """Fit priors of ``family`` to box shapes wh [N, 2] at ``img_size`` (see the module docstring).
 
     sizes / ratios / scales: values given by the user — kept, the others are fitted (scales are
     never fitted: the assigner's). default: (sizes, ratios, scales) the run would use without
     the fit, for the comparison (default: the family's)."""
     fit = AnchorFit(family=family, num_boxes=len(wh), img_size=img_size)
-    if family == "yolo":
-        fit.note = "YOLO v1 has no anchors (each grid cell predicts its boxes directly); nothing fitted"
+    fam = FAMILIES[family]
+    if fam.anchors is None and fam.prior_shapes is None:
+        fit.note = fam.label + fam.priors_note
         return fit
     if len(wh) == 0:
         fit.note = "no boxes in the training split; the default priors stay"
@@ -201,25 +202,20 @@ def fit_anchors(wh: np.ndarray, *, family: str = "retinanet", assigner: str = "m
         wh = wh[np.sort(rng.choice(len(wh), MAX_FIT_BOXES, replace=False))]
     fit.clusters, counts = kmeans_iou(wh, k, seed=seed)
     fit.clusters_iou = mean_best_iou(wh, fit.clusters)
-    if family == "ssd":
-        from .anchors import DefaultBoxGenerator
-        from .models.detector import SSD300_SCALES, SSD_RATIOS
-
-        gen = DefaultBoxGenerator(SSD_RATIOS, scales=SSD300_SCALES if ssd_backbone == "vgg16" else None)
-        priors = np.concatenate([gen.shapes(lvl).numpy() for lvl in range(len(SSD_RATIOS))]) * img_size
-        fit.fitted_iou = fit.default_iou = mean_best_iou(wh, priors)
-        fit.note = "SSD keeps its default boxes (build_model takes no prior-size option)"
+    if fam.anchors is None:
+        fit.fitted_iou = fit.default_iou = mean_best_iou(wh, fam.prior_shapes(backbone, img_size))
+        fit.note = fam.label + fam.priors_note
         return fit
-    fam_sizes, fam_ratios, fam_scales = retinanet_anchors(assigner)
+    fam_sizes, fam_ratios, fam_scales = fam.anchors(assigner)
     default = default or (fam_sizes, fam_ratios, fam_scales)
     scales = tuple(scales or fam_scales)
     if ratios is None and assigner != "atss":
         ratios = fit.anchor_ratios = _group_ratios(fit.clusters, counts, num_ratios)
     ratios = tuple(ratios or fam_ratios)
     if sizes is None:
-        stride = RETINANET_STRIDES[0]
+        stride = fam.strides[0]
         bases = np.arange(2 * stride, 8 * stride + 1)
-        levels = 2.0 ** np.arange(len(RETINANET_STRIDES))
+        levels = 2.0 ** np.arange(len(fam.strides))
         scores = [mean_best_iou(wh, anchor_shapes(b * levels, ratios, scales)) for b in bases]
         b = int(bases[int(np.argmax(scores))])
         sizes = fit.anchor_sizes = tuple(int(b * m) for m in levels)
@@ -265,12 +261,12 @@ def fit_for_config(cfg: dict, records: Sequence, preset: Mapping | None = None) 
     proposes a larger ``--img-size``."""
     family, img_size = cfg["model"], int(cfg["img_size"])
     wh = box_sizes(records, img_size)
-    if family != "retinanet":
+    if FAMILIES[family].anchors is None:
         fit = fit_anchors(wh, family=family, img_size=img_size, seed=cfg.get("seed") or 0,
-                          ssd_backbone=cfg.get("backbone", "tiny"))
+                          backbone=cfg.get("backbone", "tiny"))
     else:
         preset = preset or {}
-        fam = retinanet_anchors(cfg["assigner"])
+        fam = FAMILIES[family].anchors(cfg["assigner"])
         default = tuple(cfg.get(k) or preset.get(k) or f
                         for k, f in zip(("anchor_sizes", "anchor_ratios", "anchor_scales"), fam, strict=True))
         fit = fit_anchors(wh, family=family, assigner=cfg["assigner"], img_size=img_size, sizes=cfg.get("anchor_sizes"),
@@ -282,7 +278,7 @@ def fit_for_config(cfg: dict, records: Sequence, preset: Mapping | None = None) 
             cfg["anchor_ratios"] = list(fit.anchor_ratios)
     text = fit.summary()
     if len(wh):
-        stride = 32 if family == "yolo" else 8
+        stride = FAMILIES[family].strides[0]
         suggested = suggest_img_size(records, stride=stride)
         if suggested > img_size:
             small = np.percentile(np.sqrt(wh.prod(1)), 10)

@@ -39,6 +39,9 @@ __all__ = [
     "YOLOGridAssigner",
     "pad_gts",
     "ignore_inside_regions",
+    "ASSIGNERS",
+    "build_assigner",
+    "constructor_options",
 ]
 
 
@@ -353,3 +356,28 @@ class YOLOGridAssigner(_Assigner):
         gt_inds = torch.where(responsible, owner.repeat_interleave(k, dim=1) + 1, torch.zeros_like(responsible, dtype=torch.int64))
         max_iou = torch.where(responsible, best_iou.repeat_interleave(k, dim=1), torch.zeros(b, a, device=priors.device))
         return _finish(gt_inds, gt_labels, max_iou)
+
+
+ASSIGNERS: dict[str, type] = {"maxiou": MaxIoUAssigner, "atss": ATSSAssigner, "ssd": SSDMatcher,
+                              "yolo": YOLOGridAssigner}
+
+
+def constructor_options(make) -> list[str]:
+    """The keyword arguments ``make`` (a class or a functools.partial of one) accepts."""
+    import inspect
+
+    return [n for n, p in inspect.signature(make).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def build_assigner(name: str, options: dict | None = None, **model_options):
+    """``ASSIGNERS[name]`` built with ``options`` (``--assigner-option KEY=VALUE``) over the model
+    options its constructor names (``ignore_iof_thr``, YOLO's ``boxes_per_cell``); an option the
+    constructor does not take is a ValueError naming the ones it does."""
+    make = ASSIGNERS[name]
+    accepted = constructor_options(make)
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        raise ValueError(f"assigner {name!r} has no option {', '.join(unknown)} (--assigner-option); its options: "
+                         f"{', '.join(accepted)}")
+    return make(**{k: v for k, v in model_options.items() if k in accepted}, **(options or {}))

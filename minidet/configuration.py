@@ -10,7 +10,7 @@ first of these that sets it (highest first):
 4. the preset: ``small`` (the tuned small-CPU setup of the no-flag run) unless a recipe is
    given or ``--preset none``; a preset has common keys and keys per family;
 5. the family's defaults, next to ``build_model`` (``minidet.models.family_options`` for the
-   model, ``TRAINING_DEFAULTS`` for image size and augmentation): the published settings;
+   model, ``Family.training_defaults`` for image size and augmentation): the published settings;
 6. the optimizer's defaults (``OPTIMIZER_DEFAULTS``: SGD 0.01 for 16 images, momentum 0.9,
    weight decay 1e-4; AdamW 0.003, weight decay 0.05);
 7. ``ENGINE_DEFAULTS``.
@@ -34,9 +34,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .models import TRAINING_DEFAULTS, family_options
+from .models import FAMILIES, family_options
 
-__all__ = ["ENGINE_DEFAULTS", "OPTIMIZER_DEFAULTS", "PRESETS", "MODEL_KEYS", "ConfigError", "resolve",
+__all__ = ["ENGINE_DEFAULTS", "OPTIMIZER_DEFAULTS", "PRESETS", "model_keys", "ConfigError", "resolve",
            "model_options", "preset_values", "changes", "effective_lr", "lr_step_fractions", "check_device"]
 
 # A detector trained from scratch needs at least this many optimizer steps to learn anything
@@ -85,15 +85,14 @@ PRESETS: dict = {
 # holds None) keeps what that run used (the family's / engine's default), not the preset's value
 LATER_PRESET_KEYS = ("amp", "scale_jitter", "head_convs")
 
-# build_model options that are flags, per family
-_COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "weighting", "alwa_interval", "loss_weights", "ignore_iof_thr",
-                 "channels_last")
-MODEL_KEYS: dict = {
-    "retinanet": (*_COMMON_MODEL, "alrp_iou", "anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds",
-                  "head_norm", "head_convs"),
-    "ssd": (*_COMMON_MODEL, "neg_pos_ratio"),
-    "yolo": _COMMON_MODEL,
-}
+# build_model options that are flags for every family (each family adds its own: Family.flags)
+_COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "assigner_options", "weighting", "weighting_options",
+                 "alwa_interval", "loss_weights", "ignore_iof_thr", "channels_last")
+
+
+def model_keys(model: str) -> tuple[str, ...]:
+    """The build_model options of family ``model`` that are train flags."""
+    return (*_COMMON_MODEL, *FAMILIES[model].flags)
 
 
 class ConfigError(ValueError):
@@ -132,8 +131,8 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
     if preset_name not in PRESETS:
         raise ConfigError(f"--preset {preset_name!r} is not a preset; choose one of: {', '.join(PRESETS)}")
     model = _first("model", [*top, PRESETS[preset_name]["common"], ENGINE_DEFAULTS])
-    if model not in TRAINING_DEFAULTS:
-        raise ConfigError(f"--model {model!r} is not a detector family; choose one of: {', '.join(TRAINING_DEFAULTS)}")
+    if model not in FAMILIES:
+        raise ConfigError(f"--model {model!r} is not a detector family; choose one of: {', '.join(FAMILIES)}")
     preset = {**PRESETS[preset_name]["common"], **PRESETS[preset_name].get(model, {})}
     if saved:
         preset = {k: v for k, v in preset.items() if k not in LATER_PRESET_KEYS or k in saved}
@@ -141,7 +140,7 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
     if optimizer not in OPTIMIZER_DEFAULTS:
         raise ConfigError(f"--optimizer {optimizer!r} is not supported; choose one of: {', '.join(OPTIMIZER_DEFAULTS)}")
     backbone = _first("backbone", [*top, preset, ENGINE_DEFAULTS])
-    family = {k: v for k, v in family_options(model, backbone).items() if k in MODEL_KEYS[model]}
+    family = {k: v for k, v in family_options(model, backbone).items() if k in model_keys(model)}
     if "head_norm" in family:
         family["head_norm"] = family["head_norm"] or "none"
     old_run = bool(saved) and "anchors" not in saved  # saved before --anchors / --mosaic existed
@@ -151,7 +150,7 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
         raise ConfigError(f"--anchors {anchors!r} is not an anchor mode; choose one of: {', '.join(ANCHOR_MODES)}")
     if anchors == "auto":  # the fit replaces the preset's anchors (minidet.anchor_fit.fit_for_config)
         preset = {k: v for k, v in preset.items() if k not in FITTED_ANCHOR_KEYS}
-    layers = [flags, saved, _bound(recipe, optimizer), _bound(preset, optimizer), TRAINING_DEFAULTS[model], family,
+    layers = [flags, saved, _bound(recipe, optimizer), _bound(preset, optimizer), FAMILIES[model].training_defaults, family,
               OPTIMIZER_DEFAULTS[optimizer], ENGINE_DEFAULTS]
     keys = dict.fromkeys(k for layer in reversed(layers) for k in layer)
     cfg = {k: _plain(_first(k, layers)) for k in keys}
@@ -221,7 +220,7 @@ def preset_values(cfg: Mapping) -> dict:
 def model_options(cfg) -> dict:
     """``build_model`` keyword options of a resolved configuration (a dict or a namespace)."""
     cfg = cfg if isinstance(cfg, Mapping) else vars(cfg)
-    opts = {k: cfg[k] for k in MODEL_KEYS[cfg["model"]] if k in cfg}
+    opts = {k: cfg[k] for k in model_keys(cfg["model"]) if k in cfg}
     for k in ("anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds", "loss_weights"):
         if opts.get(k) is not None:
             opts[k] = tuple(opts[k])

@@ -36,25 +36,13 @@ from .boxes import aligned_box_iou, aligned_generalized_box_iou, use_device_path
 from .coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
 from .diagnostics import grad_ratio_hook, pearson, spearman
 from .hard_negatives import hard_negative_mask
-from .losses import (
-    CLASSIFICATION_LOSSES,
-    RANKING_LOSSES,
-    REGRESSION_LOSSES,
-    alrp_loss,
-    ap_loss,
-    sigmoid_focal_loss_from_labels,
-)
+from .losses import RANKING_LOSSES, REGRESSION_LOSSES, classification_loss, table_entry, yolo_sse
 from .structures import HeadOutput
-from .weighting import FixedWeights, LossWeighting, SelfBalance
+from .weighting import WEIGHTINGS, FixedWeights, LossWeighting
 
 __all__ = ["Criterion", "DenseCriterion", "SSDCriterion", "YOLOCriterion", "RankingCriterion", "LossInputs",
            "TermResult", "BoxRegression", "SigmoidClassification", "SoftmaxClassification", "YOLOConfidence",
            "RankingLoss"]
-
-
-def _choose(kind: str, name: str, valid: Sequence[str], head: str) -> None:
-    if name not in valid:
-        raise ValueError(f"{kind} loss {name!r} cannot train a {head}; valid choices: {', '.join(valid)}")
 
 
 @dataclass
@@ -276,9 +264,8 @@ class BoxRegression:
     the predictions, box losses the decoded predictions [.., 4] xyxy with the gt boxes."""
 
     def __init__(self, loss: str, coder, *, beta: float = 1.0) -> None:
-        _choose("regression", loss, tuple(REGRESSION_LOSSES), "head")
-        self.name, self.coder = loss, coder
-        self.kwargs = {"beta": beta} if loss == "smooth_l1" else {}  # Smooth L1's beta
+        self.name, self.coder, self.entry = loss, coder, table_entry(REGRESSION_LOSSES, "regression", loss)
+        self.kwargs = {k: {"beta": beta}[k] for k in self.entry.options}  # Smooth L1's beta
 
     def decode(self, outputs: HeadOutput, priors: Tensor, pred: Tensor) -> Tensor:
         return self.coder.decode(priors, pred, outputs.image_size)
@@ -290,7 +277,7 @@ class BoxRegression:
         where gathering costs no device sync, only the positives are gathered and computed
         (about 5-10x less work). Equal up to float summation order; the same gradients."""
         outputs = batch.outputs
-        fn, on_offsets = REGRESSION_LOSSES[self.name]
+        fn, on_offsets = self.entry.fn, self.entry.on_offsets
         weight = None
         if use_device_path(outputs.box_regression.device):
             priors, pred, gt, weight = _masked_parts(outputs, batch.assigned, batch.gt_boxes)
@@ -317,50 +304,46 @@ class BoxRegression:
 
 
 class SigmoidClassification:
-    """"cls": a sigmoid classification loss over every class of the non-ignored priors (logits
-    [B, A, C]), summed and divided by the normaliser. focal and bce take the fused path from
-    labels (no [B, A, C] target); yolo_sse compares sigmoid probabilities with one-hot targets."""
-
-    LOSSES = ("focal", "bce", "yolo_sse")
+    """"cls": a sigmoid classification loss (a CLASSIFICATION_LOSSES entry for "sigmoid" heads)
+    over every class of the non-ignored priors (logits [B, A, C]), summed and divided by the
+    normaliser. An entry's fused form from labels is taken when it has one (focal, bce: no
+    [B, A, C] target); otherwise its function sees one-hot targets and the logits, or the sigmoid
+    probabilities (yolo_sse)."""
 
     def __init__(self, loss: str = "focal", *, alpha: float = 0.25, gamma: float = 2.0) -> None:
-        _choose("classification", loss, self.LOSSES, "sigmoid head")
-        self.name = loss
-        self.kwargs = {"alpha": alpha, "gamma": gamma} if loss == "focal" else {}
+        self.name, self.entry = loss, classification_loss(loss, "sigmoid", "sigmoid head")
+        self.kwargs = {k: {"alpha": alpha, "gamma": gamma}[k] for k in self.entry.options}
 
     def __call__(self, batch: LossInputs) -> TermResult:
         logits, assigned = batch.outputs.cls_logits.float(), batch.assigned
         valid, c = ~assigned.ignored, logits.shape[-1]
-        if self.name == "yolo_sse":
-            total = CLASSIFICATION_LOSSES["yolo_sse"](torch.sigmoid(logits), _one_hot_targets(assigned, c),
-                                                      weight=valid[..., None].float(), reduction="sum")
+        if self.entry.from_labels is not None:
+            total = self.entry.from_labels(logits.reshape(-1, c), assigned.labels.reshape(-1),
+                                           weight=valid.reshape(-1).float(), **self.kwargs)
         else:
-            alpha, gamma = self.kwargs.get("alpha", -1.0), self.kwargs.get("gamma", 0.0)  # bce: -1, 0
-            total = sigmoid_focal_loss_from_labels(logits.reshape(-1, c), assigned.labels.reshape(-1), alpha, gamma,
-                                                   weight=valid.reshape(-1).float())
+            scores = torch.sigmoid(logits) if self.entry.probabilities else logits
+            total = self.entry.fn(scores, _one_hot_targets(assigned, c), weight=valid[..., None].float(),
+                                  reduction="sum", **self.kwargs)
         scored = _sigmoid_scored(batch.outputs, assigned) if batch.diagnostics else None
         return TermResult({"cls": total / batch.normalizer}, scored=scored)
 
 
 class SoftmaxClassification:
-    """"cls": a softmax classification loss over C + 1 logits (background last) on the positives
-    and the hard negatives — at most ``neg_pos_ratio`` per positive, per image, ranked by their
+    """"cls": a softmax classification loss (a CLASSIFICATION_LOSSES entry for "softmax" heads,
+    called with labels) over C + 1 logits (background last) on the positives and the hard negatives — at most ``neg_pos_ratio`` per positive, per image, ranked by their
     loss (SSD) — or on every negative (``neg_pos_ratio=None``); summed and divided by the
     normaliser. Logs ``hard_negatives``, the negatives that took part."""
 
-    LOSSES = ("ce", "softmax_focal", "hinge")
-
     def __init__(self, loss: str = "ce", *, neg_pos_ratio: float | None = 3.0) -> None:
-        _choose("classification", loss, self.LOSSES, "softmax head")
         self.name, self.neg_pos_ratio = loss, neg_pos_ratio
+        self.entry = classification_loss(loss, "softmax", "softmax head")
 
     def __call__(self, batch: LossInputs) -> TermResult:
         logits, assigned = batch.outputs.cls_logits.float(), batch.assigned
         b, a, c1 = logits.shape
         pos, negative = assigned.positive, assigned.gt_inds == 0
         target = torch.where(pos, assigned.labels, torch.full_like(assigned.labels, c1 - 1))
-        per_prior = CLASSIFICATION_LOSSES[self.name](logits.reshape(-1, c1), target.reshape(-1),
-                                                     reduction="none").view(b, a)
+        per_prior = self.entry.fn(logits.reshape(-1, c1), target.reshape(-1), reduction="none").view(b, a)
         if self.neg_pos_ratio is None:  # no mining: every negative counts (e.g. with softmax_focal)
             hard_neg = negative
         else:
@@ -385,14 +368,12 @@ class YOLOConfidence:
     each a sum of squares divided by the batch size; logged as obj / noobj / class.
 
     ``objectness`` are logits (sigmoid -> confidence); class logits are read per cell and turned
-    into probabilities with a softmax for the sum-squared class term, or trained with "focal" /
-    "ce" instead."""
-
-    LOSSES = ("yolo_sse", "focal", "ce")
+    into probabilities with a softmax for the sum-squared class term; another CLASSIFICATION_LOSSES
+    entry for "yolo" heads sees the cells' labels, logits or softmax probabilities as it asks."""
 
     def __init__(self, loss: str = "yolo_sse", *, boxes: BoxRegression, boxes_per_cell: int,
                  lambda_noobj: float = 0.5) -> None:
-        _choose("classification", loss, self.LOSSES, "YOLO head")
+        self.entry = classification_loss(loss, "yolo", "YOLO head")
         self.name, self.boxes, self.boxes_per_cell, self.lambda_noobj = loss, boxes, boxes_per_cell, lambda_noobj
 
     def cell_class_logits(self, outputs: HeadOutput) -> Tensor:
@@ -402,7 +383,7 @@ class YOLOConfidence:
         return outputs.cls_logits.float().unflatten(1, (a // k, -1))[:, :, 0]
 
     def __call__(self, batch: LossInputs) -> TermResult:
-        outputs, assigned, sse = batch.outputs, batch.assigned, CLASSIFICATION_LOSSES["yolo_sse"]
+        outputs, assigned, sse = batch.outputs, batch.assigned, yolo_sse
         b, a, _ = outputs.box_regression.shape
         k = self.boxes_per_cell
         resp = assigned.positive
@@ -424,13 +405,13 @@ class YOLOConfidence:
         cell_label = assigned.labels.view(b, a // k, k).max(-1).values  # -1 where no object
         c = cell_logits.shape[-1]
         logits_obj = torch.where(cell_has[..., None], cell_logits, 0.0)
-        if self.name == "ce":  # label -1 (no object): ignored, loss 0
+        if self.entry.target == "labels":  # label -1 (no object): ignored, loss 0
             labels_obj = torch.where(cell_has, cell_label, -1)
-            cls = CLASSIFICATION_LOSSES["ce"](logits_obj.reshape(-1, c), labels_obj.reshape(-1), reduction="sum")
+            cls = self.entry.fn(logits_obj.reshape(-1, c), labels_obj.reshape(-1), reduction="sum")
         else:
             onehot, w_cell = F.one_hot(cell_label.clamp(min=0), c).float(), cell_has[..., None].float()
-            scores = torch.softmax(logits_obj, -1) if self.name == "yolo_sse" else logits_obj  # focal: logits
-            cls = CLASSIFICATION_LOSSES[self.name](scores, onehot, weight=w_cell, reduction="sum")
+            scores = torch.softmax(logits_obj, -1) if self.entry.probabilities else logits_obj
+            cls = self.entry.fn(scores, onehot, weight=w_cell, reduction="sum")
         obj, noobj, cls = obj / b, noobj / b, cls / b
         scored = Scored(outputs.objectness, resp, noobj_mask, conf[resp].detach()) if batch.diagnostics else None
         return TermResult({"cls": obj + self.lambda_noobj * noobj + cls}, {"obj": obj, "noobj": noobj, "class": cls},
@@ -453,18 +434,20 @@ class YOLOBoxRegression(BoxRegression):
 
 
 class RankingLoss:
-    """"cls" and "reg" together, ranking over every entry of the batch (minidet.losses.ranking):
+    """"cls" and "reg" together, ranking over every entry of the batch (a RANKING_LOSSES entry,
+    minidet.losses.ranking):
 
-    - "ap": AP Loss + the box regression of the positives averaged over 4 P elements (as the
-      AP Loss paper);
-    - "alrp": aLRP Loss, whose localisation errors are 1 - GIoU (``alrp_iou="giou"``) or
-      2 (1 - IoU) (``"iou"``) of the positives' decoded boxes; logs ``alrp`` = cls + reg.
+    - without localisation errors ("ap"): the loss + the box regression of the positives averaged
+      over 4 P elements (as the AP Loss paper);
+    - with them ("alrp"): the loss of the positives' localisation errors 1 - GIoU
+      (``alrp_iou="giou"``) or 2 (1 - IoU) (``"iou"``) of their decoded boxes; logs ``alrp`` =
+      cls + reg.
     Ignored priors take no part; all classes of a positive other than its own are negatives."""
 
     def __init__(self, loss: str = "alrp", *, boxes: BoxRegression, delta: float = 1.0,
                  alrp_iou: str = "giou") -> None:
-        _choose("ranking", loss, tuple(RANKING_LOSSES), "sigmoid head")
-        if loss == "alrp" and alrp_iou not in ("giou", "iou"):
+        self.entry = table_entry(RANKING_LOSSES, "ranking", loss, "sigmoid head")
+        if self.entry.loc_errors and alrp_iou not in ("giou", "iou"):
             raise ValueError(f"alrp_iou must be 'giou' or 'iou', got {alrp_iou!r}")
         self.name, self.boxes, self.delta, self.alrp_iou = loss, boxes, delta, alrp_iou
 
@@ -474,8 +457,8 @@ class RankingLoss:
         targets = _one_hot_targets(assigned, logits.shape[-1], dtype=torch.int8)
         targets.masked_fill_(assigned.ignored[..., None], -1)
         logs = {}
-        if self.name == "ap":
-            cls = ap_loss(logits, targets, self.delta)
+        if not self.entry.loc_errors:
+            cls = self.entry.fn(logits, targets, self.delta)
             reg = self.boxes.total(batch) / (4 * batch.num_pos.clamp(min=1))
         else:
             # aLRP takes one localisation error per positive ([P], flat order), so the positives
@@ -486,9 +469,9 @@ class RankingLoss:
                 loc_errors = 1 - aligned_generalized_box_iou(decoded, gt)
             else:
                 loc_errors = 2 * (1 - aligned_box_iou(decoded, gt))
-            cls, reg = alrp_loss(logits, targets, loc_errors, self.delta)
+            cls, reg = self.entry.fn(logits, targets, loc_errors, self.delta)
             reg = reg + outputs.box_regression.sum() * 0  # without positives reg would not reach the boxes
-            logs["alrp"] = (cls + reg).detach()
+            logs[self.name] = (cls + reg).detach()
         if not batch.diagnostics:
             return TermResult({"cls": cls, "reg": reg}, logs)
         return TermResult({"cls": cls, "reg": reg}, logs, _sigmoid_scored(outputs, assigned),
@@ -539,13 +522,13 @@ class YOLOCriterion(Criterion):
     divided by the batch size. Assignment picks the responsible predictor of each gt by the IoU
     of its decoded box."""
 
-    def __init__(self, boxes_per_cell: int = 2, *, cls_loss: str = "yolo_sse", reg_loss: str = "l2",
+    def __init__(self, boxes_per_cell: int = 2, *, assigner=None, cls_loss: str = "yolo_sse", reg_loss: str = "l2",
                  lambda_coord: float = 5.0, lambda_noobj: float = 0.5, coder=None,
                  weighting: LossWeighting | None = None, diagnostics: bool = False,
                  ignore_iof_thr: float | None = 0.5) -> None:
         boxes = YOLOBoxRegression(reg_loss, coder or YOLOCellCoder(sqrt_wh=True), lambda_coord=lambda_coord)
         confidence = YOLOConfidence(cls_loss, boxes=boxes, boxes_per_cell=boxes_per_cell, lambda_noobj=lambda_noobj)
-        super().__init__(assigner=YOLOGridAssigner(boxes_per_cell, ignore_iof_thr=ignore_iof_thr),
+        super().__init__(assigner=assigner or YOLOGridAssigner(boxes_per_cell, ignore_iof_thr=ignore_iof_thr),
                          terms=[confidence, boxes], weighting=weighting, diagnostics=diagnostics)
         self.cls_name, self.reg_name, self.coder, self.boxes_per_cell = cls_loss, reg_loss, boxes.coder, boxes_per_cell
 
@@ -568,8 +551,8 @@ class RankingCriterion(Criterion):
                  diagnostics: bool = False) -> None:
         ranking = RankingLoss(loss, boxes=BoxRegression(reg_loss, coder or DeltaXYWHCoder()), delta=delta,
                               alrp_iou=alrp_iou)
-        if weighting is None:
-            weighting = SelfBalance() if loss == "alrp" else FixedWeights()
+        if weighting is None:  # the loss's own: aLRP's self-balance, AP Loss's fixed weights
+            weighting = WEIGHTINGS[ranking.entry.weighting]()
         super().__init__(assigner=assigner or MaxIoUAssigner(), terms=[ranking], weighting=weighting,
                          diagnostics=diagnostics)
         self.loss_name, self.reg_name, self.coder = loss, reg_loss, ranking.boxes.coder

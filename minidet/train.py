@@ -48,7 +48,7 @@ from .engine.resources import plan_cpu_use
 from .engine.trainer import Trainer, TrainingError, seed_everything
 from .evaluation.per_class import lagging_class_warnings, per_class_results, per_class_table
 from .losses import CLASSIFICATION_LOSSES, RANKING_LOSSES, REGRESSION_LOSSES
-from .models import BACKBONES, MODELS, build_model
+from .models import BACKBONES, FAMILIES, build_model
 from .models.backbones import PretrainedWeightsError
 from .weighting import WEIGHTINGS
 
@@ -63,6 +63,19 @@ def _ratio(text: str) -> float | None:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+class _KeyValues(argparse.Action):
+    """KEY=VALUE ... -> {key: value}, each value read as YAML (a number, true / false, a list)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        out = {}
+        for text in values:
+            key, sep, value = text.partition("=")
+            if not sep or not key.isidentifier():
+                parser.error(f"{option_string}: expected KEY=VALUE, got {text!r}")
+            out[key] = yaml.safe_load(value)
+        setattr(namespace, self.dest, out)
 
 
 def _int_or_auto(text: str) -> int | str:
@@ -84,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="recipe YAML whose keys are these flags (flags given here win); replaces the preset")
     a("--preset", choices=list(PRESETS), help="named defaults: 'small' (the tuned tiny-backbone CPU setup of the "
       "no-flag run; the default without --config) or 'none' (the family's published defaults)")
-    a("--model", choices=MODELS, help="detector family (default retinanet)")
+    a("--model", choices=list(FAMILIES), help="detector family (default retinanet)")
     a("--backbone", choices=list(BACKBONES), help="backbone network (default: tiny)")
     a("--pretrained", **flag, help="start the backbone from torchvision's ImageNet weights (needs network)")
     a("--data", help="dataset YAML, dataset folder (COCO / VOC / YOLO tree) or 'shapes' (default)")
@@ -141,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
       "l1 / smooth_l1 / l2; preset small RetinaNet giou)")
     a("--assigner", help="maxiou or atss (RetinaNet), ssd or maxiou (SSD), yolo (default: the family's: "
       "maxiou / ssd / yolo; preset small RetinaNet atss)")
+    a("--assigner-option", dest="assigner_options", nargs="+", action=_KeyValues, metavar="KEY=VALUE",
+      help="the assigner's constructor arguments, e.g. pos_iou_thr=0.6 neg_iou_thr=0.5 (Max-IoU) or topk=15 (ATSS)")
     a("--anchor-sizes", type=int, nargs=5, metavar="SIZE", help="RetinaNet anchor base sizes for P3-P7 "
       "(default: 32..512; ATSS 8 x stride; preset small 16..256)")
     a("--anchor-scales", type=float, nargs="+", metavar="S", help="RetinaNet anchor scales per base size "
@@ -161,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
       "not background (mmdetection's ignore_iof_thr; default 0.5); a negative value turns this off (crowd pixels "
       "then train as background, as torchvision's and detectron2's references do)")
     a("--weighting", choices=list(WEIGHTINGS), help="loss-weighting scheme (default: the family's)")
+    a("--weighting-option", dest="weighting_options", nargs="+", action=_KeyValues, metavar="KEY=VALUE",
+      help="the weighting scheme's constructor arguments, e.g. init=20 (self_balance)")
     a("--alwa-interval", type=int, help="ALWA window C in iterations (default 100)")
     a("--loss-weights", type=float, nargs=2, metavar=("CLS", "REG"),
       help="fixed classification / regression loss weights (implies --weighting fixed), or ALWA's initial weights")
@@ -311,7 +328,7 @@ def configure(argv=None) -> tuple[argparse.Namespace, dict | None, list[str]]:
 
 def class_warnings(per_class: dict, train_set, args) -> list[str]:
     """Warnings for classes far below the others, with their box size at the training size."""
-    stride = 32 if args.model == "yolo" else 8
+    stride = FAMILIES[args.model].strides[0]
     sizes = class_sizes(train_set.records, train_set.class_names)
     median_px = {c.name: c.median_px(args.img_size) for c in sizes}
     fix = {c.name: max(args.img_size, math.ceil(2 * stride / c.median_px(1) / 32) * 32) for c in sizes if c.boxes}
@@ -339,7 +356,7 @@ def main(argv=None) -> int:
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
         train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient, fmt=args.format)
         if args.img_size == "auto":  # (saved as the number: resume and evaluation use the same size)
-            plan = plan_img_size(train_set.records, train_set.class_names, stride=32 if args.model == "yolo" else 8)
+            plan = plan_img_size(train_set.records, train_set.class_names, stride=FAMILIES[args.model].strides[0])
             args.img_size = plan.size
             if is_main():
                 print(f"img size auto: {plan.size} (every class's median training box and the 10th-percentile box "

@@ -27,11 +27,13 @@ values), so trajectories agree with it to the last float64 ulp.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LossWeighting", "FixedWeights", "ALWA", "SelfBalance", "UncertaintyWeighting", "WEIGHTINGS"]
+__all__ = ["LossWeighting", "FixedWeights", "ALWA", "SelfBalance", "UncertaintyWeighting", "WEIGHTINGS",
+           "build_weighting"]
 
 Record = bool | Tensor
 
@@ -85,10 +87,14 @@ class LossWeighting(nn.Module):
 
 
 class FixedWeights(LossWeighting):
-    """Constant weights per component; components not named weigh 1."""
+    """Constant weights per component; components not named weigh 1. ``cls_reg``: (cls, reg)."""
 
-    def __init__(self, **weights: float) -> None:
+    MODEL_OPTIONS = {"loss_weights": "cls_reg"}  # build_weighting: the model option -> this keyword
+
+    def __init__(self, cls_reg: Sequence[float] | None = None, **weights: float) -> None:
         super().__init__()
+        if cls_reg is not None:
+            weights = {"cls": cls_reg[0], "reg": cls_reg[1], **weights}
         self.fixed = {k: float(v) for k, v in (weights or {"cls": 1.0, "reg": 1.0}).items()}
 
     def _weights(self, losses):
@@ -187,6 +193,8 @@ class ALWA(_DeviceHistory, LossWeighting):
     The window, its count and the update live on the device (see the module docstring).
     """
 
+    MODEL_OPTIONS = {"alwa_interval": "interval", "loss_weights": "init"}  # (build_weighting)
+
     def __init__(self, variant: int = 2, interval: int = 100, init: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
         if variant not in (1, 2):
@@ -240,6 +248,8 @@ class SelfBalance(_DeviceHistory, LossWeighting):
     Records and SB live on the device; the step counter ``steps`` also has a host copy (read
     from the buffer once after a ``load_state_dict``), so the period end needs no sync.
     """
+
+    MODEL_OPTIONS = {"sb_period": "period"}  # (build_weighting)
 
     def __init__(self, init: float = 50.0, period: int | None = None) -> None:
         super().__init__()
@@ -314,8 +324,41 @@ class UncertaintyWeighting(LossWeighting):
 
 WEIGHTINGS = {
     "fixed": FixedWeights,
-    "alwa1": lambda **kw: ALWA(variant=1, **kw),
-    "alwa2": lambda **kw: ALWA(variant=2, **kw),
+    "alwa1": partial(ALWA, variant=1),
+    "alwa2": partial(ALWA, variant=2),
     "self_balance": SelfBalance,
     "uncertainty": UncertaintyWeighting,
 }
+
+
+def build_weighting(name: str | None, options: dict | None = None, **model_options) -> LossWeighting | None:
+    """``WEIGHTINGS[name]`` built with ``options`` (``--weighting-option KEY=VALUE``) over the model
+    options the scheme reads (its class's ``MODEL_OPTIONS``: model option -> its keyword, e.g.
+    ALWA's ``alwa_interval`` -> ``interval``; unset ones are left out). None: the criterion's own
+    scheme, except that ``loss_weights`` alone means fixed weights."""
+    from .assigners import constructor_options
+
+    if name is None and model_options.get("loss_weights") is not None:
+        name = "fixed"
+    if name is None:
+        if options:
+            raise ValueError("--weighting-option needs --weighting (the scheme it configures)")
+        return None
+    if name not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(WEIGHTINGS)}")
+    make = WEIGHTINGS[name]
+    reads = getattr(getattr(make, "func", make), "MODEL_OPTIONS", {})
+    given = {k: v for k, v in model_options.items() if v is not None}
+    if "loss_weights" in given:
+        if len(given["loss_weights"]) != 2 or min(given["loss_weights"]) < 0:
+            raise ValueError(f"loss_weights must be two non-negative numbers (cls, reg), got {given['loss_weights']}")
+        if "loss_weights" not in reads:
+            takers = [n for n, m in WEIGHTINGS.items() if "loss_weights" in getattr(getattr(m, "func", m),
+                                                                                   "MODEL_OPTIONS", {})]
+            raise ValueError(f"loss_weights set the weights of {' / '.join(takers)}; the {name} weighting sets its own")
+    accepted = constructor_options(make)
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        raise ValueError(f"weighting {name!r} has no option {', '.join(unknown)} (--weighting-option); its options: "
+                         f"{', '.join(accepted)}")
+    return make(**{kw: given[opt] for opt, kw in reads.items() if opt in given}, **(options or {}))

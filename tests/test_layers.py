@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("minidet.plots", "minidet.anchor_fit"),
     ("minidet.evaluation.figures", "minidet.configuration"),
     ("minidet.engine",),
-    ("minidet.api", "minidet.export", "minidet.train", "minidet.eval", "minidet.demo", "minidet.study", "minidet"),
+    ("minidet.api", "minidet.export", "minidet.train", "minidet.eval", "minidet.demo", "minidet.study", "minidet",
+     "minidet.data.check"),
 ]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..class_sizes import class_sizes, plan_img_size, size_report
+from ..models.families import FAMILIES
 from .config import _splits_of, build_dataset, resolve_config
 from .image_io import decode_rgb
 from .problems import DataError
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images (annotations only)")
     p.add_argument("--img-size", default="auto", help="training size for the per-class box sizes: a number, or auto "
                    "(what python -m minidet.train --img-size auto chooses from the train split)")
-    p.add_argument("--model", choices=["retinanet", "ssd", "yolo"], default="retinanet",
+    p.add_argument("--model", choices=list(FAMILIES), default="retinanet",
                    help="detector family, for its smallest stride (8; YOLO v1: 32)")
     args = p.parse_args(argv)
     if args.img_size != "auto" and not (args.img_size.isdigit() and int(args.img_size) >= 32):
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits = (args.splits or [s for s in ("train", "val", "test") if s in cfg] or _splits_of(cfg)
                   or ["train", "val"])
         problems = 0
-        stride = 32 if args.model == "yolo" else 8
+        stride = FAMILIES[args.model].strides[0]
         size = None if args.img_size == "auto" else int(args.img_size)
         for split in splits:
             ds = build_dataset(cfg, split, strict=False)

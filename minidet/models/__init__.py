@@ -1,16 +1,9 @@
 """minidet.models: backbones, FPN, the YOLO / SSD / RetinaNet heads and the Detector."""
 
 from .backbones import BACKBONES, build_backbone
-from .detector import (
-    MODELS,
-    TRAINING_DEFAULTS,
-    Detector,
-    ModelOptions,
-    PostProcess,
-    build_model,
-    family_options,
-)
+from .detector import Detector, ModelOptions, PostProcess, build_model, family_options
+from .families import FAMILIES, Family
 from .fpn import FPN
 
-__all__ = ["BACKBONES", "build_backbone", "MODELS", "TRAINING_DEFAULTS", "Detector", "ModelOptions", "PostProcess",
+__all__ = ["BACKBONES", "build_backbone", "FAMILIES", "Family", "Detector", "ModelOptions", "PostProcess",
            "build_model", "family_options", "FPN"]

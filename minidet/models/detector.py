@@ -1,5 +1,5 @@
 """The Detector: backbone -> neck -> head -> HeadOutput, with its criterion and post-processing,
-and ``build_model`` for the three families.
+and ``build_model`` for any family of ``minidet.models.families.FAMILIES``.
 
     model = build_model("retinanet", num_classes=4, backbone="tiny")
     out = model(images)                      # HeadOutput
@@ -18,26 +18,17 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from ..anchors import AnchorGenerator, DefaultBoxGenerator, GridCellGenerator
-from ..assigners import ATSSAssigner, MaxIoUAssigner, SSDMatcher
+from ..assigners import build_assigner
 from ..boxes import clip_boxes_to_image
-from ..coders import DeltaXYWHCoder, SSDCoder, YOLOCellCoder
-from ..criterion import (
-    DenseCriterion,
-    RankingCriterion,
-    SigmoidClassification,
-    SSDCriterion,
-    YOLOCriterion,
-)
-from ..losses import RANKING_LOSSES
+from ..losses import RANKING_LOSSES, losses_for
 from ..nms import batched_nms
 from ..structures import HeadOutput
-from ..weighting import WEIGHTINGS
+from ..weighting import build_weighting
 from .backbones import build_backbone
-from .fpn import FPN
-from .heads import DenseHead, RetinaNetHead, SSDExtras, SSDHead, YOLOHead
+from .families import Family, family_named
+from .heads import DenseHead
 
-__all__ = ["Detector", "PostProcess", "ModelOptions", "build_model", "family_options", "MODELS", "TRAINING_DEFAULTS"]
+__all__ = ["Detector", "PostProcess", "ModelOptions", "build_model", "family_options"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,28 +171,6 @@ class Detector(nn.Module):
 
 # ------------------------------------------------------------------------------ building
 
-FAMILY_DEFAULTS = {
-    "retinanet": {"cls_loss": "focal", "reg_loss": "l1", "assigner": "maxiou",
-                  "score_thresh": 0.05, "topk_per_level": 1000, "nms_thresh": 0.5, "max_det": 100},
-    "ssd": {"cls_loss": "ce", "reg_loss": "smooth_l1", "assigner": "ssd",
-            "score_thresh": 0.01, "topk_per_level": 400, "nms_thresh": 0.45, "max_det": 200},
-    "yolo": {"cls_loss": "yolo_sse", "reg_loss": "l2", "assigner": "yolo",
-             "score_thresh": 0.05, "topk_per_level": 1000, "nms_thresh": 0.5, "max_det": 100},
-}
-SSD_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
-# SSD300 on VGG-16 as published (Caffe SSD): extras conv8_2 .. conv11_2 (38, 19, 10, 5, 3, 1 maps
-# at 300 px: 8,732 default boxes) and box sizes 30, 60, 111, 162, 213, 264 (315 closes the list)
-SSD300_EXTRAS = [(256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0)]
-SSD300_SCALES = (0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05)
-# What a family trains with unless told otherwise (minidet.train reads these; see also the
-# family's model options in ``family_options``)
-TRAINING_DEFAULTS = {
-    "retinanet": {"img_size": 512, "augment": "standard"},
-    "ssd": {"img_size": 300, "augment": "ssd"},
-    "yolo": {"img_size": 448, "augment": "standard"},
-}
-
-
 @dataclass(frozen=True, kw_only=True)
 class ModelOptions:
     """The options of ``build_model``. None for cls_loss, reg_loss, assigner, fpn_channels,
@@ -209,8 +178,10 @@ class ModelOptions:
 
     cls_loss: str | None = None
     reg_loss: str | None = None
-    assigner: str | None = None  # retinanet: maxiou, atss; ssd: ssd, maxiou; yolo: yolo
-    weighting: str | None = None  # fixed, alwa1, alwa2, self_balance, uncertainty; None: the criterion's
+    assigner: str | None = None  # an ASSIGNERS name the family can train with (Family.assigners)
+    weighting: str | None = None  # a WEIGHTINGS name; None: the criterion's
+    weighting_options: dict | None = None  # the scheme's constructor arguments (--weighting-option)
+    assigner_options: dict | None = None  # the assigner's constructor arguments (--assigner-option)
     alwa_interval: int = 100
     sb_period: int | None = None  # self-balance's update period; None: once per epoch
     loss_weights: tuple[float, float] | None = None  # (cls, reg): fixed weights, or ALWA's initial ones
@@ -244,77 +215,13 @@ def family_options(name: str, backbone: str = "tiny") -> dict:
     published setting of the family: RetinaNet = focal + L1, Max-IoU 0.5 / 0.4, anchors 32..512
     with 3 scales x 3 ratios, no head norm; SSD = softmax CE with 3:1 hard negatives + Smooth L1;
     YOLO v1 = sum-squared errors)."""
-    return asdict(_with_family_defaults(ModelOptions(), name, backbone))
+    return asdict(_with_family_defaults(ModelOptions(), family_named(name), backbone))
 
 
-def _with_family_defaults(opts: ModelOptions, name: str, backbone: str) -> ModelOptions:
-    if name not in FAMILY_DEFAULTS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(FAMILY_DEFAULTS)}")
+def _with_family_defaults(opts: ModelOptions, family: Family, backbone: str) -> ModelOptions:
     big = backbone != "tiny"
-    defaults = {**FAMILY_DEFAULTS[name], "fpn_channels": 256 if big else 96, "head_convs": 4 if big else 2}
+    defaults = {**family.model_defaults, "fpn_channels": 256 if big else 96, "head_convs": 4 if big else 2}
     return replace(opts, **{k: v for k, v in defaults.items() if getattr(opts, k) is None})
-
-
-def _weighting(name: str | None, alwa_interval: int, sb_period: int | None,
-               loss_weights: tuple[float, float] | None):
-    """The weighting module; ``loss_weights`` (cls, reg) are the fixed weights (weighting None or
-    "fixed") or ALWA's initial weights."""
-    if name is None and loss_weights is not None:
-        name = "fixed"
-    if name is None:
-        return None
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(WEIGHTINGS)}")
-    if loss_weights is not None:
-        if len(loss_weights) != 2 or min(loss_weights) < 0:
-            raise ValueError(f"loss_weights must be two non-negative numbers (cls, reg), got {loss_weights}")
-        if name not in ("fixed", "alwa1", "alwa2"):
-            raise ValueError(f"loss_weights set fixed or ALWA's initial weights; the {name} weighting sets its own")
-    if name == "fixed" and loss_weights is not None:
-        return WEIGHTINGS[name](cls=loss_weights[0], reg=loss_weights[1])
-    if name in ("alwa1", "alwa2"):
-        return WEIGHTINGS[name](interval=alwa_interval, init=tuple(loss_weights or (1.0, 1.0)))
-    if name == "self_balance":
-        return WEIGHTINGS[name](period=sb_period)
-    return WEIGHTINGS[name]()
-
-
-def _criterion(family: str, opts: dict, weighting, coder=None):
-    cls, reg, assigner = opts["cls_loss"], opts["reg_loss"], opts["assigner"]
-    if family == "retinanet":
-        assigners = {"maxiou": MaxIoUAssigner, "atss": ATSSAssigner}
-        if assigner not in assigners:
-            raise ValueError(f"assigner {assigner!r} cannot train a RetinaNet head; valid choices: maxiou, atss")
-        a = assigners[assigner](ignore_iof_thr=opts["ignore_iof_thr"])
-        if cls in RANKING_LOSSES:
-            return RankingCriterion(a, loss=cls, reg_loss=reg, weighting=weighting, alrp_iou=opts["alrp_iou"],
-                                    coder=coder)
-        if cls not in SigmoidClassification.LOSSES:
-            raise ValueError(f"classification loss {cls!r} cannot train a RetinaNet (sigmoid) head; valid choices: "
-                             f"{', '.join(SigmoidClassification.LOSSES + tuple(RANKING_LOSSES))}")
-        return DenseCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, coder=coder)
-    if family == "ssd":
-        if assigner not in ("ssd", "maxiou"):
-            raise ValueError(f"assigner {assigner!r} cannot train an SSD head; valid choices: ssd, maxiou")
-        a = (SSDMatcher if assigner == "ssd" else MaxIoUAssigner)(ignore_iof_thr=opts["ignore_iof_thr"])
-        return SSDCriterion(a, cls_loss=cls, reg_loss=reg, weighting=weighting, neg_pos_ratio=opts["neg_pos_ratio"],
-                            coder=coder)
-    if assigner != "yolo":
-        raise ValueError(f"assigner {assigner!r} cannot train a YOLO head; valid choice: yolo")
-    return YOLOCriterion(opts["boxes_per_cell"], cls_loss=cls, reg_loss=reg, weighting=weighting,
-                         coder=coder, ignore_iof_thr=opts["ignore_iof_thr"])
-
-
-RETINANET_STRIDES = (8, 16, 32, 64, 128)  # P3-P7
-
-
-def retinanet_anchors(assigner: str | None) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """(sizes per level, ratios h / w, scales) of a RetinaNet's anchors when none are given: ATSS
-    one square anchor of 8 x stride per location; Max-IoU the paper's 32..512 with 3 ratios x 3
-    octave scales."""
-    if assigner == "atss":
-        return tuple(8 * s for s in RETINANET_STRIDES), (1.0,), (1.0,)
-    return (32, 64, 128, 256, 512), (0.5, 1.0, 2.0), (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
 
 
 def build_model(name: str, num_classes: int, *, backbone: str = "tiny", pretrained: bool = False,
@@ -326,60 +233,32 @@ def build_model(name: str, num_classes: int, *, backbone: str = "tiny", pretrain
     unknown = sorted(set(options) - {f.name for f in fields(ModelOptions)})
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for build_model")
-    opts = _with_family_defaults(ModelOptions(**options), name, backbone)
+    family = family_named(name)
+    opts = _with_family_defaults(ModelOptions(**options), family, backbone)
     if opts.ignore_iof_thr is not None and opts.ignore_iof_thr < 0:
         opts = replace(opts, ignore_iof_thr=None)  # a negative threshold turns ignore regions off
     bb_opts = {k: getattr(opts, k) for k in ("frozen_stages", "frozen_bn", "width") if getattr(opts, k) is not None}
     bb = build_backbone(backbone, pretrained, **bb_opts)
-    weighting = _weighting(opts.weighting, opts.alwa_interval, opts.sb_period, opts.loss_weights)
     config = {"name": name, "num_classes": num_classes, "backbone": backbone, **options}
-
-    size_divisor = 32  # the FPN adds maps of neighbouring levels: their sizes must halve exactly
-    if name == "retinanet":
-        neck = FPN(bb.out_channels, opts.fpn_channels, extra_levels=2, p6_from=opts.p6_from)
-        sizes, ratios, scales = retinanet_anchors(opts.assigner)
-        gen = AnchorGenerator(tuple(opts.anchor_sizes or sizes), RETINANET_STRIDES,
-                              ratios=tuple(opts.anchor_ratios or ratios), scales=tuple(opts.anchor_scales or scales))
-        head = RetinaNetHead(in_channels=opts.fpn_channels, num_classes=num_classes, prior_generator=gen,
-                             coder=DeltaXYWHCoder(stds=tuple(opts.coder_stds)), num_convs=opts.head_convs,
-                             norm=opts.head_norm)
-    elif name == "ssd":
-        n_extra = len(SSD_RATIOS) - len(bb.out_channels)
-        paper = backbone == "vgg16"  # SSD300's own extras and box sizes
-        spec = SSD300_EXTRAS if paper else [(256, 512), (128, 256), (128, 256), (128, 256)]
-        extras = SSDExtras(bb.out_channels[-1], spec[-n_extra:])
-        neck = _SSDNeck(extras)
-        gen = DefaultBoxGenerator(SSD_RATIOS, scales=SSD300_SCALES if paper else None)
-        head = SSDHead(in_channels=bb.out_channels + extras.out_channels, num_classes=num_classes,
-                       prior_generator=gen, coder=SSDCoder())
-        size_divisor = 1  # every map is computed from the one before: any input size works
-    else:
-        neck = _LastMap()
-        head = YOLOHead(in_channels=bb.out_channels[-1], num_classes=num_classes,
-                        prior_generator=GridCellGenerator(opts.boxes_per_cell),
-                        coder=YOLOCellCoder(sqrt_wh=opts.sqrt_wh))
-    criterion = _criterion(name, asdict(opts), weighting, coder=head.coder)
+    neck, head, size_divisor = family.build_head(opts, bb, backbone, num_classes)
+    criterion = _criterion(family, opts, head.coder)
     post = PostProcess(head.scores, opts.score_thresh, opts.topk_per_level, opts.nms_thresh, opts.max_det)
     return Detector(backbone=bb, neck=neck, head=head, criterion=criterion, postprocess=post, family=name,
                     num_classes=num_classes, config=config, channels_last=opts.channels_last, size_divisor=size_divisor)
 
 
-class _SSDNeck(nn.Module):
-    """Backbone maps followed by SSD's extra layers on the last one."""
-
-    def __init__(self, extras: SSDExtras) -> None:
-        super().__init__()
-        self.extras = extras
-
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        return list(feats) + self.extras(feats[-1])
-
-
-class _LastMap(nn.Module):
-    """YOLO's neck: the last (stride-32) backbone map alone."""
-
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        return feats[-1:]
-
-
-MODELS = tuple(FAMILY_DEFAULTS)
+def _criterion(family: Family, opts: ModelOptions, coder) -> nn.Module:
+    """The family's criterion with the options' losses, assigner and weighting (each checked
+    against what the family's head can train with)."""
+    valid = [*losses_for(family.head_kind), *(RANKING_LOSSES if family.ranking else ())]
+    if opts.cls_loss not in valid:
+        raise ValueError(f"classification loss {opts.cls_loss!r} cannot train a {family.head}; valid choices: "
+                         f"{', '.join(valid)}")
+    if opts.assigner not in family.assigners:
+        raise ValueError(f"assigner {opts.assigner!r} cannot train a {family.head}; valid choices: "
+                         f"{', '.join(family.assigners)}")
+    assigner = build_assigner(opts.assigner, opts.assigner_options, ignore_iof_thr=opts.ignore_iof_thr,
+                              boxes_per_cell=opts.boxes_per_cell)
+    weighting = build_weighting(opts.weighting, opts.weighting_options, loss_weights=opts.loss_weights,
+                                alwa_interval=opts.alwa_interval, sb_period=opts.sb_period)
+    return family.build_criterion(opts, assigner, weighting, coder)
