@@ -45,7 +45,8 @@ from .engine.checkpoint import (
 )
 from .engine.precision import AMP_CHOICES, resolve_amp
 from .engine.resources import plan_cpu_use
-from .engine.trainer import Trainer, TrainingError, seed_everything
+from .engine.run_state import seed_everything
+from .engine.trainer import Trainer, TrainingError
 from .evaluation.per_class import lagging_class_warnings, per_class_results, per_class_table
 from .losses import CLASSIFICATION_LOSSES, RANKING_LOSSES, REGRESSION_LOSSES
 from .models import BACKBONES, FAMILIES, build_model
@@ -402,8 +403,9 @@ def main(argv=None) -> int:
             print(f"{device.type}: {threads} thread(s) per process, {args.loader_workers} DataLoader worker(s)")
         args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
         trainer = Trainer(args, model, train_set, val_set, run_dir, device, train_set.class_names, config)
-        # after the Trainer: it settles the run's length (epochs / iters) and eval_interval "auto"
-        resolved = {k: v for k, v in vars(args).items() if k not in ("config", "loader_workers", "data_spec")}
+        # after the Trainer: its plan settles the run's length (epochs / iters) and eval_interval "auto"
+        resolved = {k: v for k, v in {**vars(args), **trainer.plan.saved_values()}.items()
+                    if k not in ("config", "loader_workers", "data_spec")}
         if is_main():
             if resume is None:  # the run's configuration is written once, when it starts
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
@@ -411,12 +413,13 @@ def main(argv=None) -> int:
             if resume is not None:
                 print(f"resuming with the saved configuration{'; changed by flags: ' if changed else ''}"
                       + "; ".join(changed))
-        if args.mosaic > 0:  # after the Trainer: it derives args.epochs from --iters (workers start in fit())
-            close = max(1, round(args.epochs / 10))
-            train_set.mosaic = Mosaic(size=args.img_size, p=args.mosaic, until_epoch=args.epochs - close, seed=args.seed)
+        epochs = trainer.plan.epochs
+        if args.mosaic > 0:  # after the Trainer: its plan derives the epochs of --iters (workers start in fit())
+            close = max(1, round(epochs / 10))
+            train_set.mosaic = Mosaic(size=args.img_size, p=args.mosaic, until_epoch=epochs - close, seed=args.seed)
             if is_main():
-                print(f"mosaic: p {args.mosaic:g} in epochs 1-{args.epochs - close}, whole images in the last {close}"
-                      if args.epochs > close else f"mosaic: off ({args.epochs} epoch(s): the last {close} use whole images)")
+                print(f"mosaic: p {args.mosaic:g} in epochs 1-{epochs - close}, whole images in the last {close}"
+                      if epochs > close else f"mosaic: off ({epochs} epoch(s): the last {close} use whole images)")
         if resume is not None:
             trainer.restore(resume)
             if is_main():

@@ -39,6 +39,7 @@ import torch.distributed as dist
 import minidet.evaluation.detector_eval as de
 import minidet.train
 from minidet.engine import trainer as tr
+from minidet.engine.run_state import rng_state
 
 LOG = os.environ["DDP_TEST_LOG"]
 
@@ -105,14 +106,14 @@ tr.Trainer._last_checkpoint = slow_last_checkpoint
 
 save = tr.Trainer.save
 def noting_save(self, name, *args, **kwargs):
-    torch.save(tr.rng_state(), os.path.join(LOG, f"rank{RANK}.saved_rng.pt"))  # this rank's state when saving
+    torch.save(rng_state(), os.path.join(LOG, f"rank{RANK}.saved_rng.pt"))  # this rank's state when saving
     return save(self, name, *args, **kwargs)
 tr.Trainer.save = noting_save
 
 restore = tr.Trainer.restore
 def noting_restore(self, ckpt):
     restore(self, ckpt)
-    torch.save(tr.rng_state(), os.path.join(LOG, f"rank{RANK}.restored_rng.pt"))
+    torch.save(rng_state(), os.path.join(LOG, f"rank{RANK}.restored_rng.pt"))
 tr.Trainer.restore = noting_restore
 
 evaluate_detections = de.evaluate_detections
@@ -347,9 +348,10 @@ def test_a_step_reads_the_device_once(tmp_path, monkeypatch, extra):
     import torch.amp.grad_scaler as grad_scaler
     import torch.nn.utils.clip_grad as clip_grad
 
+    import minidet.engine.step_guard as step_guard
     import minidet.engine.trainer as tr
 
-    watched = {tr.__file__, grad_scaler.__file__, clip_grad.__file__}
+    watched = {tr.__file__, step_guard.__file__, grad_scaler.__file__, clip_grad.__file__}
     reads, active, per_step = [], [], []
 
     def counting(original):

@@ -26,7 +26,7 @@ from minidet.data.coco import read_coco
 from minidet.data.image_io import write_rgb
 from minidet.data.shapes import ShapesDataset, dataset_yaml, write_coco
 from minidet.engine.checkpoint import model_from_checkpoint, save_checkpoint
-from minidet.engine.trainer import Trainer
+from minidet.engine.validation import Validation
 from minidet.eval import main
 from minidet.evaluation import STAT_NAMES, COCOEvaluator, coco_evaluate
 from minidet.evaluation.detector_eval import evaluate_detections, predict_detections
@@ -171,13 +171,12 @@ def test_eval_cli_matches_pycocotools(coco_data, cli_run):
 
 
 def test_train_time_validation_matches_pycocotools(coco_data, cli_run, tmp_path):
-    """Trainer.evaluate (a minimal Trainer: what it reads) on the same folder and batch size."""
+    """The trainer's validation (its part, built directly) on the same folder and batch size."""
     model, _ = model_from_checkpoint(WEIGHTS)
     model.postprocess.score_thresh = SCORE_THRESH
     val_set = build_dataset(str(coco_data.root), "val", transform=EvalTransform(SIZE))
-    trainer = Trainer.__new__(Trainer)
-    trainer.model, trainer.ema, trainer.device, trainer.args = model, None, torch.device("cpu"), SimpleNamespace(quiet=True)
-    trainer.val_set, trainer.val_loader = val_set, build_loader(val_set, 4, train=False)
+    trainer = Validation(model=model, ema=None, val_set=val_set, val_loader=build_loader(val_set, 4, train=False),
+                         device=torch.device("cpu"))
     stats = trainer.evaluate()
     results = tmp_path / "val_results.json"
     results.write_text(json.dumps(trainer.last_evaluation.results))

@@ -82,6 +82,7 @@ import torch
 import torch.utils.data.dataloader as dl
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 import minidet.train
+from minidet.engine import run_state
 from minidet.engine import trainer as tr
 
 def wrap(owner, name, label, after=None):
@@ -100,7 +101,7 @@ wrap(torch.nn.utils, "clip_grad_norm_", "clip grad")
 wrap(tr.ModelEMA, "update", "ema update")
 wrap(tr.RunLogger, "log", "logging", after="between iterations")
 wrap(tr.RunLogger, "close", "closing logs")
-wrap(tr, "save_checkpoint", "checkpoint write", after="after checkpoint write")
+wrap(run_state, "save_checkpoint", "checkpoint write", after="after checkpoint write")
 register_optimizer_step_pre_hook(lambda *a: mark("optimizer step"))
 register_optimizer_step_post_hook(lambda *a: mark("after optimizer step"))
 _init, _fit = tr.Trainer.__init__, tr.Trainer.fit
@@ -670,9 +671,9 @@ def test_sigint_during_evaluation(tmp_path, monkeypatch, capsys):
     because the Ctrl-C stopped its workers is done again after the resume."""
     args = with_validation(tmp_path, "--eval-interval", "1")
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
-    import minidet.engine.trainer as tr
+    import minidet.engine.validation as validation
 
-    original, calls = tr.evaluate_detector, []
+    original, calls = validation.evaluate_detector, []
 
     def evaluate(*a, **k):
         calls.append(1)
@@ -684,7 +685,7 @@ def test_sigint_during_evaluation(tmp_path, monkeypatch, capsys):
             raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
         return original(*a, **k)
 
-    monkeypatch.setattr(tr, "evaluate_detector", evaluate)
+    monkeypatch.setattr(validation, "evaluate_detector", evaluate)
     run = tmp_path / "run"
     assert interrupted_main([*args, "--out", str(run)]) == 130
     st = load_checkpoint(run / "last.pt")["train_state"]
@@ -706,15 +707,15 @@ def test_sigint_during_evaluation(tmp_path, monkeypatch, capsys):
 def test_sigint_during_the_final_evaluation_of_main(tmp_path, monkeypatch, capsys):
     """main's evaluation after training (no per-epoch one ran): interruptible too."""
     args = with_validation(tmp_path, "--epochs", "0")
-    import minidet.engine.trainer as tr
+    import minidet.engine.validation as validation
 
-    original = tr.evaluate_detector
+    original = validation.evaluate_detector
 
     def evaluate(*a, **k):
         sigint()
         return original(*a, **k)
 
-    monkeypatch.setattr(tr, "evaluate_detector", evaluate)
+    monkeypatch.setattr(validation, "evaluate_detector", evaluate)
     assert interrupted_main([*args, "--out", str(tmp_path / "run")]) == 130
     assert "interrupted during the evaluation" in capsys.readouterr().out
 
