@@ -47,11 +47,13 @@ __all__ = [
 
 @dataclass
 class AssignResult:
-    """gt_inds, labels (int64) and max_iou (float), each [A] for one image or [B, A]."""
+    """gt_inds, labels (int64) and max_iou (float), each [A] for one image or [B, A]; pred_boxes
+    [B, A, 4]: the decoded predictions an assignment by prediction used (YOLO), else None."""
 
     gt_inds: Tensor
     labels: Tensor
     max_iou: Tensor
+    pred_boxes: Tensor | None = None
 
     @property
     def positive(self) -> Tensor:

@@ -22,7 +22,7 @@ waits for the others.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import NamedTuple
 
@@ -363,7 +363,7 @@ class SoftmaxClassification:
 
 class YOLOConfidence:
     """"cls" of YOLO v1: the confidence error of responsible predictors (target: IoU of the
-    predicted box with its gt) + ``lambda_noobj`` x the confidence of the other predictors
+    predicted box, decoded by the assignment, with its gt) + ``lambda_noobj`` x the confidence of the other predictors
     (except those inside an ignore region) + the class-probability error of cells with an object,
     each a sum of squares divided by the batch size; logged as obj / noobj / class.
 
@@ -371,10 +371,9 @@ class YOLOConfidence:
     into probabilities with a softmax for the sum-squared class term; another CLASSIFICATION_LOSSES
     entry for "yolo" heads sees the cells' labels, logits or softmax probabilities as it asks."""
 
-    def __init__(self, loss: str = "yolo_sse", *, boxes: BoxRegression, boxes_per_cell: int,
-                 lambda_noobj: float = 0.5) -> None:
+    def __init__(self, loss: str = "yolo_sse", *, boxes_per_cell: int, lambda_noobj: float = 0.5) -> None:
         self.entry = classification_loss(loss, "yolo", "YOLO head")
-        self.name, self.boxes, self.boxes_per_cell, self.lambda_noobj = loss, boxes, boxes_per_cell, lambda_noobj
+        self.name, self.boxes_per_cell, self.lambda_noobj = loss, boxes_per_cell, lambda_noobj
 
     def cell_class_logits(self, outputs: HeadOutput) -> Tensor:
         """Class logits [B, cells, C] of each cell (the head's layout; given per predictor, the first is read)."""
@@ -394,8 +393,7 @@ class YOLOConfidence:
         with torch.no_grad():
             cells = outputs.priors.float().expand(b, a, 4)
             gt = torch.where(resp[..., None], assigned.matched_boxes(batch.gt_boxes), cells)
-            decoded = self.boxes.decode(outputs, outputs.priors.float(), outputs.box_regression.float())
-            iou_target = torch.where(resp, aligned_box_iou(decoded, gt), 0.0)
+            iou_target = torch.where(resp, aligned_box_iou(assigned.pred_boxes, gt), 0.0)
         conf = torch.sigmoid(outputs.objectness.float())
         obj = sse(torch.where(resp, conf, 0.0), iou_target, weight=resp.float(), reduction="sum")
         noobj = sse(torch.where(noobj_mask, conf, 0.0), torch.zeros_like(conf), weight=noobj_mask.float(),
@@ -527,18 +525,22 @@ class YOLOCriterion(Criterion):
                  weighting: LossWeighting | None = None, diagnostics: bool = False,
                  ignore_iof_thr: float | None = 0.5) -> None:
         boxes = YOLOBoxRegression(reg_loss, coder or YOLOCellCoder(sqrt_wh=True), lambda_coord=lambda_coord)
-        confidence = YOLOConfidence(cls_loss, boxes=boxes, boxes_per_cell=boxes_per_cell, lambda_noobj=lambda_noobj)
+        confidence = YOLOConfidence(cls_loss, boxes_per_cell=boxes_per_cell, lambda_noobj=lambda_noobj)
         super().__init__(assigner=assigner or YOLOGridAssigner(boxes_per_cell, ignore_iof_thr=ignore_iof_thr),
                          terms=[confidence, boxes], weighting=weighting, diagnostics=diagnostics)
         self.cls_name, self.reg_name, self.coder, self.boxes_per_cell = cls_loss, reg_loss, boxes.coder, boxes_per_cell
+        self.boxes = boxes
 
     def assign(self, outputs, gt_boxes, gt_labels, gt_valid, ignore):
+        """The responsible predictors by the IoU of their decoded boxes, which the result carries
+        (``pred_boxes``: the confidence term's IoU targets, decoded once)."""
         if outputs.objectness is None:
             raise ValueError("YOLOCriterion needs outputs.objectness (the confidence logits)")
         with torch.no_grad():
-            pred_boxes = self.terms[1].decode(outputs, outputs.priors.float(), outputs.box_regression.float())
-        return self.assigner.assign_batch(outputs.priors, outputs.num_per_level, gt_boxes, gt_labels, gt_valid,
-                                          ignore=ignore, pred_boxes=pred_boxes)
+            pred_boxes = self.boxes.decode(outputs, outputs.priors.float(), outputs.box_regression.float())
+        result = self.assigner.assign_batch(outputs.priors, outputs.num_per_level, gt_boxes, gt_labels, gt_valid,
+                                            ignore=ignore, pred_boxes=pred_boxes)
+        return replace(result, pred_boxes=pred_boxes)
 
 
 class RankingCriterion(Criterion):

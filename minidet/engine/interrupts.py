@@ -137,3 +137,18 @@ class StopControl:
         """Raise StopRequested at a safe point when a stop was requested."""
         if self.requested():
             raise StopRequested
+
+    def next_batch(self, batches) -> tuple | None:
+        """The next batch of the DataLoader iterator ``batches`` (None at its end), never one
+        fetched across a Ctrl-C: StopRequested instead."""
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return None
+        except Exception:
+            if self.flag.requested:  # a DataLoader worker that the same Ctrl-C stopped
+                raise StopRequested(agreed=self.group is None) from None
+            raise
+        if self.group is None and self.flag.requested:  # (one process: no need to agree)
+            raise StopRequested  # a Ctrl-C while the batch was loaded: it is not used
+        return batch

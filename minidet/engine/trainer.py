@@ -28,7 +28,7 @@ from ..distributed import is_main, world_size
 from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files
 from .ema import ModelEMA
-from .hooks import EMAHook, EvalHook, LoggingHook
+from .hooks import EMAHook, EvalHook, LoggingHook, TrainerBase
 from .interrupts import InterruptFlag, StopControl, StopRequested
 from .logger import RunLogger
 from .loss_step import _LossStep
@@ -38,7 +38,6 @@ from .run_plan import plan_run
 from .run_state import RunCheckpoints, TrainState, rng_state
 from .schedule import build_scheduler
 from .step_guard import StepGuard, TrainingError
-from .train_loop import TrainerBase
 from .validation import Validation
 
 __all__ = ["Trainer", "TrainingError"]
@@ -47,11 +46,9 @@ __all__ = ["Trainer", "TrainingError"]
 class Trainer(TrainerBase):
     """Owns the model, optimiser, schedule, scaler, EMA, loaders, logs and checkpoints.
 
-    ``args`` is the resolved configuration (the train command's namespace, with the DataLoader
-    workers ``loader_workers`` and the data ``data_spec`` that train.main adds); ``run_dir`` gets
-    last.pt, best.pt, config.yaml, metrics.jsonl / .csv and plots. The run's length is
-    ``self.plan``; ``args`` is never changed.
-    """
+    ``args``: the resolved configuration (train.main's namespace, with ``loader_workers`` and
+    ``data_spec``), never changed (the run's length is ``self.plan``); ``run_dir`` gets last.pt,
+    best.pt, config.yaml, metrics.jsonl / .csv and plots."""
 
     def __init__(self, args, model: nn.Module, train_set, val_set, run_dir: Path, device: torch.device,
                  class_names: list[str], config: dict) -> None:
@@ -210,12 +207,13 @@ class Trainer(TrainerBase):
         try:
             while st.batch_in_epoch < n_batches and not (plan.iters and st.iteration >= plan.total_iters):
                 self.stop.check()  # after each complete iteration
-                batch = self._next_batch(batches)
+                batch = self.stop.next_batch(batches)
                 if batch is None:
                     break
-                losses = self.step(*batch)  # the iteration changes the state from here ...
+                images, targets = self._to_device(*batch)
+                losses = self.step(images, targets)  # the iteration changes the state from here ...
                 st.batch_in_epoch += 1
-                self.call_hooks("after_step", losses, len(batch[0]))
+                self.call_hooks("after_step", losses, len(images))
                 self.updating = False  # ... to here
         finally:
             self.call_hooks("end_epoch")
@@ -226,18 +224,7 @@ class Trainer(TrainerBase):
                                                            or plan.done(st.epoch, st.iteration))
         self.updating = False
 
-    def _next_batch(self, batches) -> tuple | None:
-        """The next (images, targets) on the device; None at the end of the loader."""
-        try:
-            images, targets = next(batches)
-        except StopIteration:
-            return None
-        except Exception:
-            if self.interrupt.requested:  # a DataLoader worker that the same Ctrl-C stopped
-                raise StopRequested(agreed=self.stop.group is None) from None
-            raise
-        if self.stop.group is None and self.interrupt.requested:  # (one process: no need to agree)
-            raise StopRequested  # a Ctrl-C while the batch was loaded: it is not used
+    def _to_device(self, images, targets) -> tuple:
         record_skipped(self.train_set.report, targets)  # lenient: count images skipped in workers
         images = images.to(self.device, non_blocking=True)
         # labels stay on the CPU: the criterion checks their range there, without a device sync

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import plots
 from ..diagnostics import WindowStats
 from .grids import Cell
-from .stats import Interval, direction_agreement, mean_interval, verdict
+from .stats import direction_agreement, mean_interval, verdict
 
 __all__ = ["aggregate", "convergence", "markdown", "write_report", "CONVERGED_RATIO"]
 
@@ -252,8 +252,3 @@ def write_report(study: str, title: str, cells: list[Cell], records: dict[tuple[
     if study == "balance":
         written += balance_charts(records, cells, window, out_dir / names[2], out_dir / names[3])
     return written
-
-
-def interval_of(row: dict) -> Interval:
-    """The paired ΔAP interval of an aggregated row."""
-    return Interval(row["pairs"], row["dAP_mean"], row["dAP_std"], row["dAP_ci_low"], row["dAP_ci_high"])

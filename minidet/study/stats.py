@@ -94,10 +94,6 @@ class Interval:
     high: float
     level: float = 0.95
 
-    @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2.0
-
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     """Mean, sample std and t-interval of ``values`` (nan and None dropped). For paired seeds,
