@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +196,9 @@ def train_missing(args, studies: list[Study], budget: Budget, seeds: tuple[int, 
 def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: dict) -> None:
     cells = study.cells(budget.alwa_intervals)
     selected = {k: v for k, v in records.items() if k[1] in seeds}
-    hardware = next((r.get("hardware") for r in selected.values() if r.get("hardware")), "unknown")
+    machines = Counter(r.get("hardware") or "unknown" for r in selected.values())
+    hardware = (next(iter(machines), "unknown") if len(machines) < 2 else  # seeds then pair across machines too
+                "; ".join(f"{h} ({n} runs)" for h, n in machines.most_common()))
     minutes = sum(r["minutes"] for r in selected.values())
     budget_arg = args.budget
     header = [f"Budget `{budget.name}`: {budget.note}. Data: `{args.data}`.",
