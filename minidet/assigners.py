@@ -42,6 +42,7 @@ __all__ = [
     "ASSIGNERS",
     "build_assigner",
     "constructor_options",
+    "checked_options",
 ]
 
 
@@ -372,14 +373,19 @@ def constructor_options(make) -> list[str]:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def build_assigner(name: str, options: dict | None = None, **model_options):
-    """``ASSIGNERS[name]`` built with ``options`` (``--assigner-option KEY=VALUE``) over the model
-    options its constructor names (``ignore_iof_thr``, YOLO's ``boxes_per_cell``); an option the
-    constructor does not take is a ValueError naming the ones it does."""
-    make = ASSIGNERS[name]
+def checked_options(kind: str, name: str, make, options: dict | None) -> list[str]:
+    """The keywords ``make`` accepts; a ValueError naming them when ``options`` (given with
+    ``--<kind>-option``) holds another."""
     accepted = constructor_options(make)
     unknown = sorted(set(options or {}) - set(accepted))
     if unknown:
-        raise ValueError(f"assigner {name!r} has no option {', '.join(unknown)} (--assigner-option); its options: "
+        raise ValueError(f"{kind} {name!r} has no option {', '.join(unknown)} (--{kind}-option); its options: "
                          f"{', '.join(accepted)}")
-    return make(**{k: v for k, v in model_options.items() if k in accepted}, **(options or {}))
+    return accepted
+
+
+def build_assigner(name: str, options: dict | None = None, **model_options):
+    """``ASSIGNERS[name]`` built with ``options`` (``--assigner-option KEY=VALUE``) over the model
+    options its constructor names (``ignore_iof_thr``, YOLO's ``boxes_per_cell``)."""
+    accepted = checked_options("assigner", name, ASSIGNERS[name], options)
+    return ASSIGNERS[name](**{k: v for k, v in model_options.items() if k in accepted}, **(options or {}))

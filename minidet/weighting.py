@@ -331,12 +331,17 @@ WEIGHTINGS = {
 }
 
 
+def _model_options(make) -> dict:
+    """The ``MODEL_OPTIONS`` of a WEIGHTINGS entry (a class, or a functools.partial of one)."""
+    return getattr(getattr(make, "func", make), "MODEL_OPTIONS", {})
+
+
 def build_weighting(name: str | None, options: dict | None = None, **model_options) -> LossWeighting | None:
     """``WEIGHTINGS[name]`` built with ``options`` (``--weighting-option KEY=VALUE``) over the model
     options the scheme reads (its class's ``MODEL_OPTIONS``: model option -> its keyword, e.g.
     ALWA's ``alwa_interval`` -> ``interval``; unset ones are left out). None: the criterion's own
     scheme, except that ``loss_weights`` alone means fixed weights."""
-    from .assigners import constructor_options
+    from .assigners import checked_options
 
     if name is None and model_options.get("loss_weights") is not None:
         name = "fixed"
@@ -347,18 +352,13 @@ def build_weighting(name: str | None, options: dict | None = None, **model_optio
     if name not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(WEIGHTINGS)}")
     make = WEIGHTINGS[name]
-    reads = getattr(getattr(make, "func", make), "MODEL_OPTIONS", {})
+    reads = _model_options(make)
     given = {k: v for k, v in model_options.items() if v is not None}
     if "loss_weights" in given:
         if len(given["loss_weights"]) != 2 or min(given["loss_weights"]) < 0:
             raise ValueError(f"loss_weights must be two non-negative numbers (cls, reg), got {given['loss_weights']}")
         if "loss_weights" not in reads:
-            takers = [n for n, m in WEIGHTINGS.items() if "loss_weights" in getattr(getattr(m, "func", m),
-                                                                                   "MODEL_OPTIONS", {})]
+            takers = [n for n, m in WEIGHTINGS.items() if "loss_weights" in _model_options(m)]
             raise ValueError(f"loss_weights set the weights of {' / '.join(takers)}; the {name} weighting sets its own")
-    accepted = constructor_options(make)
-    unknown = sorted(set(options or {}) - set(accepted))
-    if unknown:
-        raise ValueError(f"weighting {name!r} has no option {', '.join(unknown)} (--weighting-option); its options: "
-                         f"{', '.join(accepted)}")
+    checked_options("weighting", name, make, options)
     return make(**{kw: given[opt] for opt, kw in reads.items() if opt in given}, **(options or {}))
