@@ -51,7 +51,7 @@ ENGINE_DEFAULTS: dict = {
     "epochs": 12, "iters": None, "batch_size": 16, "optimizer": "sgd", "schedule": "step", "lr_steps": None,
     "warmup_iters": 500, "clip_grad": 0.0, "ema": False, "amp": None, "device": None, "workers": "auto",
     "sync_bn": False, "out": None, "resume": None, "weights": None, "eval_interval": 1, "log_interval": 10,
-    "max_bad_steps": 10, "diagnostics": False, "tensorboard": False, "seed": 0, "quiet": False,
+    "max_bad_steps": 10, "diagnostics": False, "tensorboard": False, "plots": True, "seed": 0, "quiet": False,
     "frozen_stages": None, "frozen_bn": None, "anchors": None, "mosaic": None, "min_iters": None,
     "scale_jitter": None,
 }

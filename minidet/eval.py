@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="COCO evaluation implementation (--gt/--results mode)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["coco"], help="metrics to report")
     p.add_argument("--out", default="runs/eval", help="folder for predictions.json and metrics.json")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the figures (PR curves, confusion matrix, mosaics) beside them (default on)")
     args = p.parse_args(argv)
     if bool(args.gt) != bool(args.results):
         p.error("--gt and --results go together")
@@ -135,7 +137,8 @@ def evaluate_model(args) -> dict:
     (out / "predictions.json").write_text(json.dumps(ev.results))  # exactly the list evaluated
     n, seconds = ev.images, ev.seconds
     print(f"{n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s); wrote {out / 'predictions.json'}")
-    print("figures: " + ", ".join(str(f) for f in write_evaluation_figures(ev, dataset, out)))
+    if args.plots:
+        print("figures: " + ", ".join(str(f) for f in write_evaluation_figures(ev, dataset, out)))
     return metrics
 
 

@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--diagnostics", **flag, help="log positives per image, the classification score / IoU "
       "correlation of positives and the negative / positive gradient ratio of the classification logits")
     a("--tensorboard", **flag, help="also log to TensorBoard (needs the tensorboard package)")
+    a("--plots", **flag, help="draw results.png and the final evaluation's figures (PR curves, confusion matrix, "
+      "mosaics) into the run folder (default on; --no-plots: numbers only, for sweeps)")
     a("--seed", type=int, help="random seed (default 0)")
     a("--quiet", **flag, help="no progress bars")
     return p

@@ -1,7 +1,7 @@
 """A tiny python -m minidet.train run (stdout captured, i.e. not a terminal) leaves the run folder
 of the tools people know: results.csv / results.png, pr_curves.png, confusion_matrix.png and the
 validation mosaics, all readable; progress comes as plain lines; python -m minidet.eval
---weights writes the same figures into its --out."""
+--weights writes the same figures into its --out; --no-plots leaves only the numbers."""
 
 import contextlib
 import csv
@@ -72,3 +72,17 @@ def test_eval_cli_writes_the_figures(run, tmp_path):
         assert eval_main(["--weights", str(out / "best.pt"), "--batch-size", "25", "--out", str(tmp_path)]) == 0
     assert "figures: " in text.getvalue()
     _check_figures(tmp_path, FIGURES)
+
+
+def test_no_plots_writes_the_numbers_and_no_figures(run, tmp_path):
+    out, _ = run
+    numbers = tmp_path / "numbers_only"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train_main(["--shapes-images", "40", "--img-size", "64", "--batch-size", "8", "--epochs", "1",
+                           "--workers", "0", "--no-plots", "--out", str(numbers)]) == 0
+        assert eval_main(["--weights", str(out / "best.pt"), "--batch-size", "25", "--no-plots",
+                          "--out", str(tmp_path / "eval")]) == 0
+    assert (numbers / "results.csv").is_file() and (numbers / "summary.json").is_file()
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    for folder in (numbers, tmp_path / "eval"):
+        assert not [name for name in ("results.png", *FIGURES) if (folder / name).exists()], folder

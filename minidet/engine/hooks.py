@@ -152,7 +152,7 @@ class EvalHook(HookBase):
         python -m minidet.train) it exits with status 130."""
         t = self.trainer
         stats = t.validation.evaluate(stop_if_interrupted=not self.in_fit)
-        if is_main() and t.state.epoch >= t.plan.epochs:
+        if is_main() and t.state.epoch >= t.plan.epochs and t.args.plots:
             write_evaluation_figures(t.last_evaluation, t.val_set, t.run_dir)
         return stats
 

@@ -1,7 +1,7 @@
 """Run logs: metrics.jsonl (one line per logging step / evaluation), metrics.csv (the same
 records as a table), optional TensorBoard, and at the end results.csv (one row per evaluation:
 the epoch's mean train losses, lr, validation AP / AP50 / AP75, like Ultralytics' results.csv) and
-results.png (``minidet.plots.plot_results``)."""
+results.png (``minidet.plots.plot_results``; not with ``plots=False``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ class RunLogger:
     """Writes records to <run>/metrics.jsonl as they come; ``close()`` writes metrics.csv,
     results.csv and results.png."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, *, plots: bool = True) -> None:
         self.run_dir = run_dir
+        self.plots = plots  # results.png at close
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if tensorboard:
@@ -53,9 +54,10 @@ class RunLogger:
             self.tb.close()
         try:  # called while an error or a Ctrl-C may be on its way out: a chart must not replace it
             write_results_csv(records, self.run_dir / "results.csv")
-            from ..plots import plot_results  # matplotlib is imported only when the run ends
+            if self.plots:
+                from ..plots import plot_results  # matplotlib is imported only when the run ends
 
-            plot_results(records, self.run_dir / "results.png")
+                plot_results(records, self.run_dir / "results.png")
         except Exception as err:  # noqa: BLE001
             print(f"warning: could not write results.csv / results.png in {self.run_dir}: {type(err).__name__}: {err}")
 

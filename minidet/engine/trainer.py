@@ -93,7 +93,7 @@ class Trainer(TrainerBase):
 
     def _build_parts(self) -> None:
         """Logs, Ctrl-C handling, checkpoints, the step guard, validation and the hooks."""
-        self.logger = RunLogger(self.run_dir, self.args.tensorboard) if is_main() else None
+        self.logger = RunLogger(self.run_dir, self.args.tensorboard, plots=self.args.plots) if is_main() else None
         if is_main():  # temporary files of a checkpoint write that was killed (SIGKILL, power loss)
             for path in remove_stale_temp_files(self.run_dir):
                 print(f"removed {path}, left by an interrupted checkpoint write")

@@ -1,6 +1,7 @@
 """One cell x seed of a study: ``python -m minidet.train`` then ``python -m minidet.eval`` (COCO +
 oLRP on the final weights, the EMA where the run keeps one) in this process, and a compact
-``record.json`` of the outcome. A run folder with ``last.pt`` and no ``summary.json`` continues
+``record.json`` of the outcome. Both run with ``--no-plots``: the study draws its own charts from
+the records. A run folder with ``last.pt`` and no ``summary.json`` continues
 with ``--resume``; one with ``summary.json`` is only evaluated again.
 """
 
@@ -85,12 +86,12 @@ def run_cell(run_dir: Path, flags: list[str]) -> int:
         summary.unlink(missing_ok=True)
     if not summary.is_file():
         resume = ["--resume", str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
-        rc = minidet_train.main([*flags, "--out", str(run_dir), *resume])
+        rc = minidet_train.main([*flags, "--no-plots", "--out", str(run_dir), *resume])
         if rc:
             return rc
     device = flags[flags.index("--device") + 1] if "--device" in flags else "cpu"
     rc = minidet_eval.main(["--weights", str(run_dir / "last.pt"), "--metrics", "coco", "lrp", "--device", device,
-                            "--out", str(run_dir / "eval")])
+                            "--no-plots", "--out", str(run_dir / "eval")])
     if rc:
         return rc
     record = summarise(run_dir, flags, device)
