@@ -133,7 +133,7 @@ def markdown(study: str, title: str, rows: list[dict], header_lines: list[str]) 
                  "n/a" if r["minutes_mean"] != r["minutes_mean"] else f"{r['minutes_mean']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     refs = sorted({r["ref"] for r in rows if r["ref"]})
-    lines += ["", "seeds = runs in the row; AP = COCO AP@[.5:.95] on the 200-image validation split; AP90 = AP at "
+    lines += ["", "seeds = runs in the row; AP = COCO AP@[.5:.95] on the validation split of the data; AP90 = AP at "
               "IoU 0.90; oLRP: lower is better; metrics are mean ± sample std over seeds. ΔAP vs ref: AP minus the "
               "AP of the reference cell with the same seed (same initialisation and data order), mean ± std over "
               "the pairs, with the 95% Student-t interval of the mean difference; verdict 'better' / 'worse' only "
