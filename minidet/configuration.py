@@ -47,7 +47,8 @@ MIN_STEPS_FROM_SCRATCH = 1000
 
 ENGINE_DEFAULTS: dict = {
     "preset": "small", "model": "retinanet", "backbone": "tiny", "pretrained": False, "data": "shapes",
-    "format": None, "train_split": "train", "val_split": "val", "shapes_images": 2000, "lenient": False,
+    "format": None, "train_split": "train", "val_split": "val", "shapes_images": 2000,
+    "shapes_val_images": 200, "lenient": False,
     "epochs": 12, "iters": None, "batch_size": 16, "optimizer": "sgd", "schedule": "step", "lr_steps": None,
     "warmup_iters": 500, "clip_grad": 0.0, "ema": False, "amp": None, "device": None, "workers": "auto",
     "sync_bn": False, "out": None, "resume": None, "weights": None, "eval_interval": 1, "log_interval": 10,

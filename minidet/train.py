@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--train-split", help="split to train on (default train)")
     a("--val-split", help="split to evaluate on ('none' to skip evaluation; default val)")
     a("--shapes-images", type=int, help="training images of the built-in shapes data (default 2000)")
+    a("--shapes-val-images", type=int, help="validation images of the built-in shapes data (default 200)")
     a("--lenient", **flag, help="skip and count broken images / annotations instead of stopping")
     a("--img-size", type=_int_or_auto, help="training and evaluation image size, square, or 'auto': the size at "
       "which every class's median training box (classes with >= 1%% of the boxes) and the 10th-percentile box reach "
@@ -274,6 +275,7 @@ def validate(args: argparse.Namespace) -> None:
     need(args.clip_grad >= 0, f"--clip-grad must be >= 0 (0: no clipping), got {args.clip_grad}")
     need(args.workers == "auto" or args.workers >= 0, f"--workers must be >= 0 or auto, got {args.workers}")
     need(args.shapes_images >= 1, f"--shapes-images must be >= 1, got {args.shapes_images}")
+    need(args.shapes_val_images >= 1, f"--shapes-val-images must be >= 1, got {args.shapes_val_images}")
     need(args.base_batch is None or args.base_batch >= 1, f"--base-batch must be >= 1, got {args.base_batch}")
     need(args.alwa_interval >= 1, f"--alwa-interval must be >= 1, got {args.alwa_interval}")
     need(args.frozen_stages >= 0, f"--frozen-stages must be >= 0, got {args.frozen_stages}")
@@ -302,7 +304,7 @@ def data_spec(args):
     if args.data in (None, "shapes"):
         return {"format": "shapes", "_source": "shapes",
                 "train": {"num_images": args.shapes_images, "image_size": args.img_size, "seed": 0},
-                "val": {"num_images": 200, "image_size": args.img_size, "seed": 0}}
+                "val": {"num_images": args.shapes_val_images, "image_size": args.img_size, "seed": 0}}
     return str(Path(args.data).resolve()) if isinstance(args.data, str) else args.data
 
 

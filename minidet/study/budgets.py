@@ -75,9 +75,10 @@ class Budget:
 
 
 BUILTIN = {
-    "quick": Budget("quick", ("--shapes-images", "32", "--img-size", "64", "--epochs", "2", "--batch-size", "8",
-                              "--warmup-iters", "2", "--workers", "0"), seeds=(0, 1),
-                    note="plumbing check: 32 shapes images at 64 px, 2 epochs (8 iterations); the numbers mean nothing",
+    "quick": Budget("quick", ("--shapes-images", "32", "--shapes-val-images", "32", "--img-size", "64", "--epochs",
+                              "2", "--batch-size", "8", "--warmup-iters", "2", "--workers", "0"), seeds=(0, 1),
+                    note="plumbing check: 32 shapes images (32 to validate) at 64 px, 2 epochs (8 iterations); the "
+                    "numbers mean nothing",
                     alwa_intervals=(2, 4, 6, 8)),
     "default": Budget("default", (), seeds=(0, 1, 2),
                       note="the trainer's defaults for the data (python -m minidet.train --data X), 3 seeds"),
