@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "box_convert",
     "box_area",
     "box_iou",
     "generalized_box_iou",
@@ -48,7 +47,6 @@ __all__ = [
     "device_paths",
 ]
 
-_FORMATS = ("xyxy", "xywh", "cxcywh")
 _EPS = 1e-7
 _CHUNK_ELEMENTS = 1 << 18  # pairs per block in the chunked no-grad box_iou (CPU form only)
 _FORCE_DEVICE_PATHS: bool | None = None
@@ -72,29 +70,6 @@ def device_paths(enabled: bool | None = True) -> Iterator[None]:
         yield
     finally:
         _FORCE_DEVICE_PATHS = previous
-
-
-def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
-    """Convert boxes [..., 4] between 'xyxy', 'xywh' (x, y, w, h) and 'cxcywh'."""
-    for fmt in (in_fmt, out_fmt):
-        if fmt not in _FORMATS:
-            raise ValueError(f"unknown box format {fmt!r}; choose one of {_FORMATS}")
-    if in_fmt == out_fmt:
-        return boxes.clone()
-    a, b, c, d = boxes.unbind(-1)
-    if in_fmt == "xywh":
-        x1, y1, x2, y2 = a, b, a + c, b + d
-    elif in_fmt == "cxcywh":
-        x1, y1, x2, y2 = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
-    else:
-        x1, y1, x2, y2 = a, b, c, d
-    if out_fmt == "xyxy":
-        out = (x1, y1, x2, y2)
-    elif out_fmt == "xywh":
-        out = (x1, y1, x2 - x1, y2 - y1)
-    else:
-        out = ((x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1)
-    return torch.stack(out, dim=-1)
 
 
 def box_centers(boxes: Tensor) -> Tensor:

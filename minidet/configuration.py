@@ -88,7 +88,7 @@ LATER_PRESET_KEYS = ("amp", "scale_jitter", "head_convs")
 
 # build_model options that are flags for every family (each family adds its own: Family.flags)
 _COMMON_MODEL = ("cls_loss", "reg_loss", "assigner", "assigner_options", "weighting", "weighting_options",
-                 "alwa_interval", "loss_weights", "ignore_iof_thr", "channels_last")
+                 "alwa_interval", "loss_weights", "ignore_iof_thr", "channels_last", "diagnostics")
 
 
 def model_keys(model: str) -> tuple[str, ...]:

@@ -384,8 +384,6 @@ def main(argv=None) -> int:
                 print(summary)
         model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
                             **model_options(vars(args)))
-        if args.diagnostics:
-            model.criterion.diagnostics_enabled = True
         if args.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if args.weights and resume is None:

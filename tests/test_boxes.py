@@ -23,24 +23,6 @@ ALIGNED = [
 ]
 
 
-def test_box_convert_hand_values():
-    xyxy = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
-    assert torch.equal(B.box_convert(xyxy, "xyxy", "xywh"), torch.tensor([[10.0, 20.0, 20.0, 40.0]]))
-    assert torch.equal(B.box_convert(xyxy, "xyxy", "cxcywh"), torch.tensor([[20.0, 40.0, 20.0, 40.0]]))
-    assert torch.equal(B.box_convert(torch.tensor([[20.0, 40.0, 20.0, 40.0]]), "cxcywh", "xyxy"), xyxy)
-    assert torch.equal(B.box_convert(torch.tensor([[10.0, 20.0, 20.0, 40.0]]), "xywh", "xyxy"), xyxy)
-
-
-def test_box_convert_matches_torchvision(gen):
-    b = random_boxes(1000, gen)
-    for fmt in ("xywh", "cxcywh"):
-        ours = B.box_convert(b, "xyxy", fmt)
-        torch.testing.assert_close(ours, tvo.box_convert(b, "xyxy", fmt))
-        torch.testing.assert_close(B.box_convert(ours, fmt, "xyxy"), b)
-    with pytest.raises(ValueError, match="unknown box format"):
-        B.box_convert(b, "xyxy", "yxyx")
-
-
 def test_box_area(gen):
     b = random_boxes(500, gen)
     torch.testing.assert_close(B.box_area(b), tvo.box_area(b))

@@ -349,12 +349,6 @@ class COCOEvaluator:
         stats, self.precision, self.recall = evaluate_boxes(*self.boxes(), self.num_classes)
         return stats
 
-    def compute_lrp(self, thresholds: str = "grid") -> dict[str, float]:
-        """oLRP and its components (minidet.evaluation.lrp) of everything seen so far."""
-        from .lrp import lrp_from_boxes
-
-        return lrp_from_boxes(*self.boxes(), self.num_classes, thresholds=thresholds)[0]
-
     def ap_per_iou(self) -> dict[str, float]:
         """AP at each IoU threshold 0.50:0.05:0.95 after compute() ({"0.90": AP90, ...})."""
         return ap_per_iou(self.precision)

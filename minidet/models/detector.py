@@ -201,6 +201,7 @@ class ModelOptions:
     boxes_per_cell: int = 2  # YOLO
     sqrt_wh: bool = True  # YOLO: predict sqrt w, sqrt h as the paper, or w, h directly
     channels_last: bool = False
+    diagnostics: bool = False  # the criterion's positives per image, score / IoU correlations, gradient ratio
     frozen_stages: int | None = None  # ResNets; None: the backbone's default
     frozen_bn: bool | None = None  # ResNets; None: the backbone's default
     width: float | None = None  # tiny backbone; None: the backbone's default

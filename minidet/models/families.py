@@ -86,8 +86,9 @@ def _retinanet_head(opts, bb: nn.Module, backbone: str, num_classes: int):
 def _retinanet_criterion(opts, assigner, weighting, coder):
     if opts.cls_loss in RANKING_LOSSES:
         return RankingCriterion(assigner, loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting,
-                                alrp_iou=opts.alrp_iou, coder=coder)
-    return DenseCriterion(assigner, cls_loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting, coder=coder)
+                                alrp_iou=opts.alrp_iou, coder=coder, diagnostics=opts.diagnostics)
+    return DenseCriterion(assigner, cls_loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting, coder=coder,
+                          diagnostics=opts.diagnostics)
 
 
 # ----------------------------------------------------------------------------------- SSD
@@ -125,7 +126,7 @@ def _ssd_head(opts, bb: nn.Module, backbone: str, num_classes: int):
 
 def _ssd_criterion(opts, assigner, weighting, coder):
     return SSDCriterion(assigner, cls_loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting,
-                        neg_pos_ratio=opts.neg_pos_ratio, coder=coder)
+                        neg_pos_ratio=opts.neg_pos_ratio, coder=coder, diagnostics=opts.diagnostics)
 
 
 def _ssd_prior_shapes(backbone: str, img_size: int) -> np.ndarray:
@@ -150,7 +151,7 @@ def _yolo_head(opts, bb: nn.Module, backbone: str, num_classes: int):
 
 def _yolo_criterion(opts, assigner, weighting, coder):
     return YOLOCriterion(opts.boxes_per_cell, assigner=assigner, cls_loss=opts.cls_loss, reg_loss=opts.reg_loss,
-                         weighting=weighting, coder=coder)
+                         weighting=weighting, coder=coder, diagnostics=opts.diagnostics)
 
 
 _POSTPROCESS = {"score_thresh": 0.05, "topk_per_level": 1000, "nms_thresh": 0.5, "max_det": 100}
