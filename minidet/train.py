@@ -399,7 +399,6 @@ def main(argv=None) -> int:
         model.to(device)
         config = dict(model.config)
         if is_main():
-            run_dir.mkdir(parents=True, exist_ok=True)
             print(f"model: {args.model} ({args.backbone}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
                   f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
             print(f"{device.type}: {threads} thread(s) per process, {args.loader_workers} DataLoader worker(s)")

@@ -92,7 +92,10 @@ class Trainer(TrainerBase):
                            if val_set else None)
 
     def _build_parts(self) -> None:
-        """Logs, Ctrl-C handling, checkpoints, the step guard, validation and the hooks."""
+        """Logs, Ctrl-C handling, checkpoints, the step guard, validation and the hooks (the run
+        folder is made here: a configuration refused by ``plan_run`` leaves none behind)."""
+        if is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = RunLogger(self.run_dir, self.args.tensorboard, plots=self.args.plots) if is_main() else None
         if is_main():  # temporary files of a checkpoint write that was killed (SIGKILL, power loss)
             for path in remove_stale_temp_files(self.run_dir):
