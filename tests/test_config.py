@@ -104,6 +104,7 @@ def _refused(capsys, argv, flag, run=main):
     (["--workers", "-2"], "--workers"),
     (["--lr-steps", "20"], "--lr-steps"),
     (["--iters", "0"], "--iters"),
+    (["--shapes-val-images", "0"], "--shapes-val-images"),
     (["--iters", "8", "--epochs", "2"], "--iters"),
     (["--iters", "8", "--lr-steps", "3"], "--lr-steps"),  # 3 epochs of 4 batches > 8 steps
     (["--device", "tpu"], "--device"),
@@ -144,3 +145,11 @@ def test_stored_data_paths_are_absolute(tmp_path, monkeypatch):
     assert ckpt["data"] == str(data / "s.yaml") and ckpt["args"]["data"] == str(data / "s.yaml")
     monkeypatch.chdir(tmp_path)  # evaluation from another folder finds the data
     assert eval_main(["--weights", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
+
+
+def test_shapes_validation_size_is_a_flag():
+    from minidet.train import data_spec
+
+    assert data_spec(parse_args([]))["val"]["num_images"] == 200
+    spec = data_spec(parse_args(["--shapes-images", "40", "--shapes-val-images", "7"]))
+    assert spec["train"]["num_images"] == 40 and spec["val"]["num_images"] == 7
