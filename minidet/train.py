@@ -340,6 +340,80 @@ def class_warnings(per_class: dict, train_set, args) -> list[str]:
     return lagging_class_warnings(per_class, median_px, args.img_size, stride, fix)
 
 
+def build_datasets(args):
+    """(train set with its augmentation, val set or None); settles ``--img-size auto`` first
+    (saved as the number: resume and evaluation use the same size)."""
+    train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient, fmt=args.format)
+    if args.img_size == "auto":
+        plan = plan_img_size(train_set.records, train_set.class_names, stride=FAMILIES[args.model].strides[0])
+        args.img_size = plan.size
+        if is_main():
+            print(f"img size auto: {plan.size} (every class's median training box and the 10th-percentile box "
+                  f"at >= 2 x the smallest stride, at most {plan.cap} = {plan.cap_reason}; --img-size N to "
+                  "choose); per class:\n" + "\n".join(plan.lines))
+    train_set.transform = TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed,
+                                         strong=args.augment == "strong",
+                                         scale=tuple(args.scale_jitter) if args.scale_jitter else None)
+    val_set = None
+    if args.val_split != "none":
+        val_set = build_dataset(data_spec(args), args.val_split, strict=not args.lenient,
+                                transform=EvalTransform(args.img_size), fmt=args.format)
+    if is_main():
+        for name, ds in (("train", train_set), ("val", val_set)):
+            if ds is not None and ds.report.total:
+                print(f"{name} data: {ds.report.summary()}")
+    return train_set, val_set
+
+
+def build_training_model(args, train_set, resume: dict | None, world: int) -> torch.nn.Module:
+    """The detector of the configuration: anchors fitted to the data (``--anchors auto``, a new
+    run only), SyncBatchNorm under DDP with ``--sync-bn``, and the ``--weights`` it fine-tunes."""
+    if args.anchors == "auto" and resume is None:  # (a resumed run keeps its saved, fitted anchors)
+        summary = fit_for_config(vars(args), train_set.records, preset_values(vars(args)))
+        if is_main():
+            print(summary)
+    model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
+                        **model_options(vars(args)))
+    if args.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.weights and resume is None:
+        ckpt = load_checkpoint(args.weights)
+        source = ckpt.get("config", {})
+        if is_main() and (source.get("name"), source.get("backbone")) != (args.model, args.backbone):
+            print(f"note: {args.weights} is a {source.get('name')} on {source.get('backbone')}, the new model a "
+                  f"{args.model} on {args.backbone}: only the tensors whose names and shapes match are loaded")
+        weights, what = checkpoint_weights(ckpt)  # a last.pt's EMA when it has one, as evaluation uses
+        if is_main():
+            print(f"fine-tuning from {args.weights}: {what}")
+        load_matching_state(model, weights, verbose=is_main())
+    return model
+
+
+def report_run(args, trainer: Trainer, result: dict, final: dict | None, minutes: float, train_set) -> None:
+    """Rank 0 after training: the final COCO table, per-class AP and warnings, summary.json and
+    where the checkpoints are."""
+    run_dir = trainer.run_dir
+    summary = {"best_AP": result["best_ap"], "iterations": result["iterations"], "minutes": round(minutes, 2)}
+    if final is not None:
+        from .evaluation import format_table
+
+        print(format_table(final))
+        summary["final"] = final
+        per_class = per_class_results(trainer.last_evaluation)
+        summary["per_class"] = per_class
+        print(per_class_table(per_class))
+        for line in class_warnings(per_class, train_set, args):
+            print(line)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    written = [str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
+    if (run_dir / "best.pt").is_file():
+        written.append(f"{run_dir / 'best.pt'} (AP {result['best_ap']:.4f})")
+    print(f"done in {minutes:.1f} min; " + (f"checkpoints: {', '.join(written)}" if written else
+                                            "no checkpoint was written (no training epoch ran)"))
+    if train_set.report.skipped_files:  # lenient: images found unreadable while loading
+        print(f"train data: {train_set.report.summary()}")
+
+
 def main(argv=None) -> int:
     try:
         args, resume, changed = configure(argv)
@@ -359,43 +433,8 @@ def main(argv=None) -> int:
     seed_everything(args.seed + rank)
     try:
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
-        train_set = build_dataset(data_spec(args), args.train_split, strict=not args.lenient, fmt=args.format)
-        if args.img_size == "auto":  # (saved as the number: resume and evaluation use the same size)
-            plan = plan_img_size(train_set.records, train_set.class_names, stride=FAMILIES[args.model].strides[0])
-            args.img_size = plan.size
-            if is_main():
-                print(f"img size auto: {plan.size} (every class's median training box and the 10th-percentile box "
-                      f"at >= 2 x the smallest stride, at most {plan.cap} = {plan.cap_reason}; --img-size N to "
-                      "choose); per class:\n" + "\n".join(plan.lines))
-        train_set.transform = TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed,
-                                             strong=args.augment == "strong",
-                                             scale=tuple(args.scale_jitter) if args.scale_jitter else None)
-        val_set = None
-        if args.val_split != "none":
-            val_set = build_dataset(data_spec(args), args.val_split, strict=not args.lenient,
-                                    transform=EvalTransform(args.img_size), fmt=args.format)
-        if is_main():
-            for name, ds in (("train", train_set), ("val", val_set)):
-                if ds is not None and ds.report.total:
-                    print(f"{name} data: {ds.report.summary()}")
-        if args.anchors == "auto" and resume is None:  # (a resumed run keeps its saved, fitted anchors)
-            summary = fit_for_config(vars(args), train_set.records, preset_values(vars(args)))
-            if is_main():
-                print(summary)
-        model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
-                            **model_options(vars(args)))
-        if args.sync_bn and world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if args.weights and resume is None:
-            ckpt = load_checkpoint(args.weights)
-            source = ckpt.get("config", {})
-            if is_main() and (source.get("name"), source.get("backbone")) != (args.model, args.backbone):
-                print(f"note: {args.weights} is a {source.get('name')} on {source.get('backbone')}, the new model a "
-                      f"{args.model} on {args.backbone}: only the tensors whose names and shapes match are loaded")
-            weights, what = checkpoint_weights(ckpt)  # a last.pt's EMA when it has one, as evaluation uses
-            if is_main():
-                print(f"fine-tuning from {args.weights}: {what}")
-            load_matching_state(model, weights, verbose=is_main())
+        train_set, val_set = build_datasets(args)
+        model = build_training_model(args, train_set, resume, world)
         model.to(device)
         config = dict(model.config)
         if is_main():
@@ -433,25 +472,7 @@ def main(argv=None) -> int:
             final = trainer.evaluate()
         barrier()
         if is_main():
-            summary = {"best_AP": result["best_ap"], "iterations": result["iterations"], "minutes": round(minutes, 2)}
-            if final is not None:
-                from .evaluation import format_table
-
-                print(format_table(final))
-                summary["final"] = final
-                per_class = per_class_results(trainer.last_evaluation)
-                summary["per_class"] = per_class
-                print(per_class_table(per_class))
-                for line in class_warnings(per_class, train_set, args):
-                    print(line)
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            written = [str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
-            if (run_dir / "best.pt").is_file():
-                written.append(f"{run_dir / 'best.pt'} (AP {result['best_ap']:.4f})")
-            print(f"done in {minutes:.1f} min; " + (f"checkpoints: {', '.join(written)}" if written else
-                                                    "no checkpoint was written (no training epoch ran)"))
-            if train_set.report.skipped_files:  # lenient: images found unreadable while loading
-                print(f"train data: {train_set.report.summary()}")
+            report_run(args, trainer, result, final, minutes, train_set)
         return 0
     except (DataError, CheckpointError, TrainingError, ConfigError, ValueError, PretrainedWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -461,7 +482,6 @@ def main(argv=None) -> int:
         return 2
     finally:
         cleanup()
-
 
 if __name__ == "__main__":
     sys.exit(main())
