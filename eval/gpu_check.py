@@ -399,7 +399,7 @@ def check_amp_training(report: Report, device: torch.device, quick: bool, workdi
     sec = SECTIONS[2]
     if quick:
         images, extra = 16, ["--img-size", "64", "--batch-size", "8", "--epochs", "1", "--warmup-iters", "2",
-                             "--workers", "0", "--eval-interval", "1"]
+                             "--workers", "0", "--eval-interval", "1", "--shapes-val-images", "16"]
         iters = 2
     else:
         images, extra = 800, ["--epochs", "4", "--eval-interval", "4",

@@ -19,7 +19,7 @@ from minidet.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--shapes-images", "32", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--quiet",
-        "--warmup-iters", "2", "--log-interval", "1", "--eval-interval", "1"]
+        "--warmup-iters", "2", "--log-interval", "1", "--eval-interval", "1", "--shapes-val-images", "40"]
 
 
 def test_ema_averages_parameters_and_bn_statistics_and_copies_counters():

@@ -50,7 +50,7 @@ def walkthrough() -> str:
 
 
 TINY = ["--shapes-images", "32", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--quiet",
-        "--warmup-iters", "1", "--log-interval", "1", "--iters", "2"]
+        "--warmup-iters", "1", "--log-interval", "1", "--iters", "2", "--shapes-val-images", "40"]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from minidet.train import main
 
 # 40 images at batch 8: 5 batches per epoch
 TINY = ["--shapes-images", "40", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--quiet",
-        "--log-interval", "1", "--device", "cpu", "--seed", "0"]
+        "--log-interval", "1", "--device", "cpu", "--seed", "0", "--shapes-val-images", "40"]
 
 
 def records(run: Path, kind: str = "train") -> list[dict]:

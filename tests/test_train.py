@@ -16,7 +16,7 @@ from minidet.engine.trainer import Trainer
 from minidet.train import main, parse_args
 
 TINY = ["--shapes-images", "32", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--quiet",
-        "--warmup-iters", "2", "--log-interval", "1", "--eval-interval", "1"]
+        "--warmup-iters", "2", "--log-interval", "1", "--eval-interval", "1", "--shapes-val-images", "40"]
 
 
 def records(run: Path, kind: str = "train") -> list[dict]:
@@ -26,7 +26,7 @@ def records(run: Path, kind: str = "train") -> list[dict]:
 
 def test_training_learns(tmp_path):
     common = [*TINY, "--lr", "0.002", "--shapes-images", "64", "--img-size", "96", "--warmup-iters", "5",
-              "--eval-interval", "4"]
+              "--eval-interval", "4", "--shapes-val-images", "200"]
     assert main([*common, "--epochs", "0", "--out", str(tmp_path / "untrained")]) == 0
     run = tmp_path / "run"
     assert main([*common, "--epochs", "8", "--out", str(run)]) == 0
