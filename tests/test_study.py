@@ -174,3 +174,45 @@ def test_a_run_another_study_recorded_is_not_trained_again(quick_all, tmp_path):
         assert ("balance", "focal (2x schedule)", seed) not in trained
     adopted = load_records(tmp_path / "results" / "families" / "quick_runs.jsonl")
     assert adopted[(ref, 1)]["flags"] == ranking[("focal + SmoothL1", 1)]["flags"]
+
+
+def test_more_seeds_for_named_cells_train_only_those_and_their_reference(tmp_path):
+    from minidet.study.__main__ import parse_args, plan
+
+    args = parse_args(["ranking", "--budget", "quick", "--cells", "ATSS", "--seeds", "4", "--work",
+                       str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    args.data, args.tag = "shapes", "quick"
+    jobs = plan(args, [STUDIES["ranking"]], BUILTIN["quick"], (0, 1, 2, 3), {"ranking": {}})
+    trained = sorted({(cell.name, seed) for job in jobs.values() for _, cell, seed in job.users})
+    cells = ["aLRP (GIoU) + SB, ATSS", "focal + SmoothL1", "focal + SmoothL1, ATSS"]
+    assert trained == [(c, s) for c in cells for s in range(4)]
+    wrong = subprocess.run(_cmd("ranking", "--budget", "quick", "--cells", "ATSS", "nothing like it", "--no-train",
+                                "--results", str(tmp_path / "r")), capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "'nothing like it'" in wrong.stderr
+
+
+def test_a_table_keeps_the_seeds_added_beyond_the_budget(quick_all, tmp_path):
+    """Records of seed 2 (a quick budget has seeds 0, 1) for the reference and one cell: a rebuild
+    at the budget's seeds shows 3 seeds in those rows and their 3-pair interval."""
+    import shutil
+
+    root, _, _ = quick_all
+    shutil.copytree(root / "results" / "ranking", tmp_path / "results" / "ranking")
+    jsonl = tmp_path / "results" / "ranking" / "quick_runs.jsonl"
+    records = _records(tmp_path / "results", "ranking")
+    extra = []
+    for cell, ap in (("focal + SmoothL1", 0.30), ("focal + SmoothL1, ATSS", 0.50)):
+        rec = json.loads(json.dumps(records[(cell, 1)]))
+        rec.update(seed=2, flags=[*rec["flags"], "--seed", "2"])
+        rec["metrics"]["AP"] = ap
+        extra.append(rec)
+    jsonl.write_text(jsonl.read_text() + "".join(json.dumps(r) + "\n" for r in extra))
+    done = subprocess.run(_cmd("ranking", "--budget", "quick", "--no-train", "--results", str(tmp_path / "results")),
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["cell"]: r for r in csv.DictReader((tmp_path / "results" / "ranking" / "quick.csv").open())}
+    assert rows["focal + SmoothL1"]["n"] == "3" and rows["focal + SmoothL1, ATSS"]["n"] == "3"
+    assert rows["AP Loss + SmoothL1"]["n"] == "2"
+    diffs = [records[("focal + SmoothL1, ATSS", s)]["metrics"]["AP"] - records[("focal + SmoothL1", s)]["metrics"]["AP"]
+             for s in (0, 1)] + [0.20]
+    assert float(rows["focal + SmoothL1, ATSS"]["dAP_mean"]) == pytest.approx(sum(diffs) / 3, abs=1e-5)

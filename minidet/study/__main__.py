@@ -84,6 +84,9 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
     for seed in seeds:
         for study in studies:
             cells = study.cells(budget.alwa_intervals)
+            if args.cells:  # the named cells and the references they are compared with
+                named = [c for c in cells if any(part in c.name for part in args.cells)]
+                cells = [c for c in cells if c in named or c.name in {n.ref for n in named}]
             for cell in cells:
                 if cell.schedule != 1 and seed not in seeds[:CHECK_SEEDS]:
                     continue
@@ -195,7 +198,8 @@ def train_missing(args, studies: list[Study], budget: Budget, seeds: tuple[int, 
 
 def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: dict) -> None:
     cells = study.cells(budget.alwa_intervals)
-    selected = {k: v for k, v in records.items() if k[1] in seeds}
+    # every recorded seed: more seeds for the decisive cells (--cells, --seeds) stay in the table
+    selected = {k: v for k, v in records.items() if k[1] in seeds or k[1] >= len(budget.seeds)}
     machines = Counter(r.get("hardware") or "unknown" for r in selected.values())
     hardware = (next(iter(machines), "unknown") if len(machines) < 2 else  # seeds then pair across machines too
                 "; ".join(f"{h} ({n} runs)" for h, n in machines.most_common()))
@@ -207,7 +211,8 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
               f"Flags of every run: `{' '.join([*COMMON, *budget.flags, *study.flags])}`, then each cell's own "
               "flags (minidet/study/grids.py), `--seed S`, and the evaluation interval.",
               f"Hardware: {hardware}.",
-              f"Seeds {', '.join(map(str, seeds))} (the convergence check: the first {CHECK_SEEDS}); "
+              f"Seeds {', '.join(map(str, sorted({*seeds, *(k[1] for k in selected)})))} (the convergence check: "
+              f"the first {CHECK_SEEDS}); "
               f"{len(selected)} runs recorded; their training time adds up to {minutes:.1f} min."]
     window = 100 if budget.name != "quick" else 3
     out = results_dir(args, budget) / study.name
@@ -223,6 +228,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", default="default", help="built-in budget (quick, default) or a budget YAML file")
     p.add_argument("--data", default=None, help="dataset YAML, dataset folder or 'shapes' (default: the budget's)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell, 0..N-1 (default: the budget's)")
+    p.add_argument("--cells", nargs="+", default=None, metavar="TEXT",
+                   help="train only the cells whose name contains one of these texts, and their reference cells "
+                   "(more --seeds for the decisive comparisons); the tables keep every recorded run")
     p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each on cores / jobs threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--work", type=Path, default=Path("runs/study"), help="run folders (checkpoints, logs)")
@@ -247,6 +255,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.data = args.data or budget.data
+    names = {c.name for name in args.studies for c in STUDIES[name].cells(budget.alwa_intervals)}
+    unknown = [t for t in args.cells or () if not any(t in n for n in names)]
+    if unknown:
+        print(f"error: --cells {' '.join(map(repr, unknown))} matches no cell of {', '.join(args.studies)}; "
+              f"the cells: {'; '.join(sorted(names))}", file=sys.stderr)
+        return 2
     args.tag = data_tag(budget, args.data)
     seeds = tuple(range(args.seeds)) if args.seeds else budget.seeds
     studies = [STUDIES[name] for name in dict.fromkeys(args.studies)]
