@@ -90,6 +90,11 @@ def test_rebuild_from_records_trains_nothing(quick_all):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "runs to train" not in again.stdout
     assert (root / "results" / "ranking" / "quick.md").read_text() == before
+    # each record says which precision --amp auto chose on the machine that trained it
+    precisions = {r["precision"] for r in _records(root / "results", "ranking").values()}
+    assert len(precisions) == 1 and precisions <= {"float32", "bf16 autocast"}
+    assert f"Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): " \
+           f"{precisions.pop()} (18 runs)." in before
 
 
 def test_killed_study_resumes_to_the_same_records(quick_all, tmp_path):
@@ -216,3 +221,23 @@ def test_a_table_keeps_the_seeds_added_beyond_the_budget(quick_all, tmp_path):
     diffs = [records[("focal + SmoothL1, ATSS", s)]["metrics"]["AP"] - records[("focal + SmoothL1", s)]["metrics"]["AP"]
              for s in (0, 1)] + [0.20]
     assert float(rows["focal + SmoothL1, ATSS"]["dAP_mean"]) == pytest.approx(sum(diffs) / 3, abs=1e-5)
+
+
+def test_ctrl_c_stops_the_study_without_starting_another_run(tmp_path):
+    """SIGINT to the study's process group (a terminal's Ctrl-C) while a run trains: the command
+    exits with 130 and no run folder appears after the interrupt (the executor had already
+    handed the worker its next run, which must not start)."""
+    work = tmp_path / "work"
+    proc = subprocess.Popen(_cmd("ranking", "--budget", "quick", "--jobs", "1", "--work", str(work), "--results",
+                                 str(tmp_path / "results")), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(work.glob("*/*/*/log.txt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, 1.5))
+    before = {p.name for p in work.glob("*/*/*")}
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out
+    assert {p.name for p in work.glob("*/*/*")} == before

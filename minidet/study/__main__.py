@@ -211,6 +211,9 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
               f"Flags of every run: `{' '.join([*COMMON, *budget.flags, *study.flags])}`, then each cell's own "
               "flags (minidet/study/grids.py), `--seed S`, and the evaluation interval.",
               f"Hardware: {hardware}.",
+              "Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): "
+              + "; ".join(f"{p} ({n} runs)" for p, n in Counter(r.get("precision", "not recorded")
+                                                                  for r in selected.values()).most_common()) + ".",
               f"Seeds {', '.join(map(str, sorted({*seeds, *(k[1] for k in selected)})))} (the convergence check: "
               f"the first {CHECK_SEEDS}); "
               f"{len(selected)} runs recorded; their training time adds up to {minutes:.1f} min."]

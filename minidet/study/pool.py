@@ -20,12 +20,18 @@ import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-__all__ = ["StudyPool", "BUSY"]
+__all__ = ["StudyPool", "BUSY", "INTERRUPTED"]
 
 BUSY = 75  # exit status of a run whose folder another process holds
 
 
-def _init_worker(threads: int) -> None:
+INTERRUPTED = 130  # exit status of a run the study's Ctrl-C stopped or kept from starting
+_STOP = None  # in a worker: the study's stop event (set on Ctrl-C)
+
+
+def _init_worker(threads: int, stop) -> None:
+    global _STOP
+    _STOP = stop
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -35,8 +41,12 @@ def _init_worker(threads: int) -> None:
 
 
 def _run_one(run_dir: str, flags: list[str]) -> int:
-    """In a worker: lock the run folder, send fd 1 / 2 to its log.txt, train + evaluate."""
+    """In a worker: lock the run folder, send fd 1 / 2 to its log.txt, train + evaluate. After
+    the study's Ctrl-C a run still queued for this worker does not start."""
     from .run import run_cell
+
+    if _STOP is not None and _STOP.is_set():
+        return INTERRUPTED
 
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,11 +90,18 @@ class StudyPool:
         # the trainer keeps the thread count of OMP_NUM_THREADS; spawned workers inherit it
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
-        self.executor = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(int(os.environ["OMP_NUM_THREADS"]),))
+        context = multiprocessing.get_context("spawn")
+        # the executor hands a worker its next run before the current one ends, past the reach of
+        # cancel_futures: on Ctrl-C such a run sees this event and returns without training
+        self.stop = context.Event()
+        self.executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                                            initargs=(int(os.environ["OMP_NUM_THREADS"]), self.stop))
 
     def submit(self, run_dir: Path, flags: list[str]) -> Future:
         return self.executor.submit(_run_one, str(run_dir), list(flags))
 
     def shutdown(self, cancel: bool = False) -> None:
+        """Wait for the workers; ``cancel``: start no further run (after a Ctrl-C)."""
+        if cancel:
+            self.stop.set()
         self.executor.shutdown(wait=True, cancel_futures=cancel)

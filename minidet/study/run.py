@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..run_records import last_per_key
 
@@ -58,9 +59,11 @@ def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
     for k in SERIES_KEYS:
         if any(k in r for r in train):
             series[k] = [round(r[k], 6) if k in r and math.isfinite(r[k]) else None for r in train]
+    amp = yaml.safe_load((run_dir / "config.yaml").read_text()).get("amp")  # --amp auto resolved on this machine
     return {
         "flags": flags,
         "hardware": hardware(device),
+        "precision": "float32" if amp in (None, "off") else f"{amp} autocast",
         "minutes": summary["minutes"],
         "iterations": summary["iterations"],
         "metrics": {"AP": coco["AP"], "AP50": coco["AP50"], "AP75": coco["AP75"], "AP90": per_iou["0.90"],
