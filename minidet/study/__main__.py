@@ -199,7 +199,7 @@ def train_missing(args, studies: list[Study], budget: Budget, seeds: tuple[int, 
 def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: dict) -> None:
     cells = study.cells(budget.alwa_intervals)
     # every recorded seed: more seeds for the decisive cells (--cells, --seeds) stay in the table
-    selected = {k: v for k, v in records.items() if k[1] in seeds or k[1] >= len(budget.seeds)}
+    selected = {k: v for k, v in records.items() if k[1] in seeds or k[1] > max(budget.seeds)}
     machines = Counter(r.get("hardware") or "unknown" for r in selected.values())
     hardware = (next(iter(machines), "unknown") if len(machines) < 2 else  # seeds then pair across machines too
                 "; ".join(f"{h} ({n} runs)" for h, n in machines.most_common()))
