@@ -14,14 +14,15 @@ and the score / IoU correlations of the positives (``self.diagnostics`` gets the
 positive gradient ratio after backward). Losses are computed in float32 even under autocast.
 Classification sums are divided by the number of positives in the batch (at least 1; optionally
 an EMA of it, as detectron2 does), averaged across processes only while ``sync_normalizer`` is
-True: the Trainer sets it for its DDP training steps, so that DDP's mean of the per-process
+True (``with criterion.normalizer_synced():``, as the Trainer's DDP training forward runs), so that DDP's mean of the per-process
 gradients is the gradient of the whole batch's loss; a loss computed by one process alone never
 waits for the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import NamedTuple
@@ -105,6 +106,15 @@ class Criterion(nn.Module):
         self.register_buffer("normalizer", torch.tensor(100.0))
         self.diagnostics_enabled = diagnostics
         self.diagnostics: dict[str, float] = {}
+
+    @contextmanager
+    def normalizer_synced(self, enabled: bool = True) -> Iterator[None]:
+        """``sync_normalizer`` set to ``enabled`` inside the block and restored after it."""
+        previous, self.sync_normalizer = self.sync_normalizer, enabled
+        try:
+            yield
+        finally:
+            self.sync_normalizer = previous
 
     def num_classes(self, outputs: HeadOutput) -> int:
         """Foreground classes of the head's outputs."""

@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="fixed classification / regression loss weights (implies --weighting fixed), or ALWA's initial weights")
     a("--neg-pos-ratio", type=_ratio, metavar="R|all",
       help="SSD hard negative mining: negatives kept per positive, or 'all' (no mining; default 3)")
+    a("--normalizer-momentum", type=float, metavar="M",
+      help="RetinaNet / SSD: divide the losses by an EMA of the number of positives (momentum M, e.g. 0.9 as "
+      "detectron2's RetinaNet) instead of the batch's own count (default)")
     a("--alrp-iou", choices=["giou", "iou"],
       help="aLRP Loss localisation error: 1 - GIoU (default), or 2 (1 - IoU)")
     a("--amp", nargs="?", const="fp16", choices=list(AMP_CHOICES),
@@ -279,6 +282,8 @@ def validate(args: argparse.Namespace) -> None:
     need(args.base_batch is None or args.base_batch >= 1, f"--base-batch must be >= 1, got {args.base_batch}")
     need(args.alwa_interval >= 1, f"--alwa-interval must be >= 1, got {args.alwa_interval}")
     need(args.frozen_stages >= 0, f"--frozen-stages must be >= 0, got {args.frozen_stages}")
+    momentum = getattr(args, "normalizer_momentum", None)  # (a RetinaNet / SSD flag)
+    need(momentum is None or 0 <= momentum < 1, f"--normalizer-momentum must be in [0, 1), got {momentum}")
     need(0 <= args.mosaic <= 1, f"--mosaic is a probability in [0, 1], got {args.mosaic}")
     if args.scale_jitter is not None:
         lo, hi = args.scale_jitter

@@ -105,6 +105,8 @@ def _refused(capsys, argv, flag, run=main):
     (["--lr-steps", "20"], "--lr-steps"),
     (["--iters", "0"], "--iters"),
     (["--shapes-val-images", "0"], "--shapes-val-images"),
+    (["--normalizer-momentum", "1"], "--normalizer-momentum"),
+    (["--normalizer-momentum", "0.9", "--cls-loss", "ap"], "--normalizer-momentum"),
     (["--iters", "8", "--epochs", "2"], "--iters"),
     (["--iters", "8", "--lr-steps", "3"], "--lr-steps"),  # 3 epochs of 4 batches > 8 steps
     (["--device", "tpu"], "--device"),
@@ -153,3 +155,20 @@ def test_shapes_validation_size_is_a_flag():
     assert data_spec(parse_args([]))["val"]["num_images"] == 200
     spec = data_spec(parse_args(["--shapes-images", "40", "--shapes-val-images", "7"]))
     assert spec["train"]["num_images"] == 40 and spec["val"]["num_images"] == 7
+
+
+@pytest.mark.parametrize("model", ["retinanet", "ssd"])
+def test_normalizer_momentum_reaches_the_criterion(model):
+    """--normalizer-momentum M: the loss divides by an EMA of #positives (started at 100, as
+    detectron2's RetinaNet); without it, by the batch's own count."""
+    from minidet.configuration import model_options
+    from minidet.models import build_model
+
+    cfg = resolve(vars(parse_args(["--model", model, "--normalizer-momentum", "0.9"])))
+    crit = build_model(model, 3, backbone="tiny", **model_options(cfg)).criterion
+    assert crit.normalizer_momentum == 0.9
+    n = torch.tensor(7.0)
+    crit.train()
+    assert crit.positive_normaliser(n).item() == pytest.approx(0.9 * 100 + 0.1 * 7)
+    plain = build_model(model, 3, backbone="tiny", **model_options(resolve(vars(parse_args(["--model", model])))))
+    assert plain.criterion.normalizer_momentum is None and plain.criterion.positive_normaliser(n).item() == 7.0

@@ -71,7 +71,9 @@ class Trainer(TrainerBase):
         for m in model.criterion.modules():  # aLRP's SB: one period = one epoch unless given
             if isinstance(m, SelfBalance) and m.period is None:
                 m.period = len(self.train_loader)
-        self.step_module = _LossStep(model)
+        # DDP: the loss normaliser is the positive count averaged over processes (an all_reduce
+        # inside the loss, for the training forward only; see Criterion.normalizer_synced)
+        self.step_module = _LossStep(model, sync_normalizer=world_size() > 1)
         if world_size() > 1:
             self.step_module = DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -239,12 +241,9 @@ class Trainer(TrainerBase):
         process, inf / NaN gradients, fp16's GradScaler refusing): the weights, schedule, EMA and
         ``state.iteration`` stay. The backward pass runs even for a non-finite loss: under DDP it
         is a collective every process must enter; the NaN gradients are then dropped everywhere."""
-        args, st, criterion = self.args, self.state, self.model.criterion
+        args, st = self.args, self.state
         self.updating = True
         try:
-            # DDP: the loss normaliser is the positive count averaged over processes (an all_reduce
-            # inside the loss, turned on for this forward only; see Criterion.sync_normalizer)
-            criterion.sync_normalizer = self.stop.group is not None
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 losses = self.step_module(images, targets)
         except torch.OutOfMemoryError:
@@ -252,8 +251,6 @@ class Trainer(TrainerBase):
                 f"out of memory at iteration {st.iteration}: lower --batch-size (now {args.batch_size}) or "
                 f"--img-size (now {args.img_size}), use --amp bf16 / fp16, a smaller --backbone, or fewer --workers"
             ) from None
-        finally:
-            criterion.sync_normalizer = False
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -264,7 +261,7 @@ class Trainer(TrainerBase):
         if args.clip_grad > 0 and grad_norm is not None:
             nn.utils.clip_grads_with_norm_(self._trainable, args.clip_grad, grad_norm)  # the network's and the loss's
         local_bad, any_bad, found_inf = self.guard.agree(loss, grad_norm, self.optimizer)
-        grad_ratio = criterion.diagnostics.pop("grad_ratio", None)  # measured by a hook during this backward pass
+        grad_ratio = self.model.criterion.diagnostics.pop("grad_ratio", None)  # measured by a hook during this backward pass
         if any_bad or (found_inf and not self.scaler.is_enabled()):  # without fp16's GradScaler: a broken step
             self.scaler.update()  # fp16: forget this step's gradients (the scale backs off); else nothing
             self.optimizer.zero_grad(set_to_none=True)

@@ -187,6 +187,7 @@ class ModelOptions:
     loss_weights: tuple[float, float] | None = None  # (cls, reg): fixed weights, or ALWA's initial ones
     alrp_iou: str = "giou"  # "giou" or "iou"
     neg_pos_ratio: float | None = 3.0  # SSD hard negatives per positive; None: no mining, every negative
+    normalizer_momentum: float | None = None  # RetinaNet / SSD: an EMA of #positives as the normaliser; None: off
     ignore_iof_thr: float | None = 0.5  # priors mostly inside crowd / difficult regions are ignored; None: off
     fpn_channels: int | None = None
     head_convs: int | None = None

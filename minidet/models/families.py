@@ -85,10 +85,13 @@ def _retinanet_head(opts, bb: nn.Module, backbone: str, num_classes: int):
 
 def _retinanet_criterion(opts, assigner, weighting, coder):
     if opts.cls_loss in RANKING_LOSSES:
+        if opts.normalizer_momentum is not None:
+            raise ValueError(f"--normalizer-momentum (normalizer_momentum): {opts.cls_loss} is normalised by its "
+                             "ranking, not by the number of positives; leave it unset")
         return RankingCriterion(assigner, loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting,
                                 alrp_iou=opts.alrp_iou, coder=coder, diagnostics=opts.diagnostics)
     return DenseCriterion(assigner, cls_loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting, coder=coder,
-                          diagnostics=opts.diagnostics)
+                          normalizer_momentum=opts.normalizer_momentum, diagnostics=opts.diagnostics)
 
 
 # ----------------------------------------------------------------------------------- SSD
@@ -126,7 +129,8 @@ def _ssd_head(opts, bb: nn.Module, backbone: str, num_classes: int):
 
 def _ssd_criterion(opts, assigner, weighting, coder):
     return SSDCriterion(assigner, cls_loss=opts.cls_loss, reg_loss=opts.reg_loss, weighting=weighting,
-                        neg_pos_ratio=opts.neg_pos_ratio, coder=coder, diagnostics=opts.diagnostics)
+                        neg_pos_ratio=opts.neg_pos_ratio, coder=coder, normalizer_momentum=opts.normalizer_momentum,
+                        diagnostics=opts.diagnostics)
 
 
 def _ssd_prior_shapes(backbone: str, img_size: int) -> np.ndarray:
@@ -162,14 +166,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            training_defaults={"img_size": 512, "augment": "standard"}, assigners=("maxiou", "atss"),
            strides=RETINANET_STRIDES, build_head=_retinanet_head, build_criterion=_retinanet_criterion,
            flags=("alrp_iou", "anchor_sizes", "anchor_scales", "anchor_ratios", "coder_stds", "head_norm",
-                  "head_convs"),
+                  "head_convs", "normalizer_momentum"),
            anchors=retinanet_anchors),
     Family(name="ssd", label="SSD", head="softmax head", head_kind="softmax",
            model_defaults={"cls_loss": "ce", "reg_loss": "smooth_l1", "assigner": "ssd", "score_thresh": 0.01,
                            "topk_per_level": 400, "nms_thresh": 0.45, "max_det": 200},
            training_defaults={"img_size": 300, "augment": "ssd"}, assigners=("ssd", "maxiou"),
            strides=(8, 16, 32, 64, 128, 256), build_head=_ssd_head, build_criterion=_ssd_criterion,
-           flags=("neg_pos_ratio",), prior_shapes=_ssd_prior_shapes,
+           flags=("neg_pos_ratio", "normalizer_momentum"), prior_shapes=_ssd_prior_shapes,
            priors_note=" keeps its default boxes (build_model takes no prior-size option)"),
     Family(name="yolo", label="YOLO v1", head="YOLO head", head_kind="yolo",
            model_defaults={"cls_loss": "yolo_sse", "reg_loss": "l2", "assigner": "yolo", **_POSTPROCESS},
