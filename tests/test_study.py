@@ -191,6 +191,14 @@ def test_more_seeds_for_named_cells_train_only_those_and_their_reference(tmp_pat
     trained = sorted({(cell.name, seed) for job in jobs.values() for _, cell, seed in job.users})
     cells = ["aLRP (GIoU) + SB, ATSS", "focal + SmoothL1", "focal + SmoothL1, ATSS"]
     assert trained == [(c, s) for c in cells for s in range(4)]
+    # a group (a table section) names its cells; the convergence check's group its 2x run
+    args = parse_args(["alwa", "--budget", "quick", "--cells", "Table 2: scheme", "convergence check", "--work",
+                       str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    args.data, args.tag = "shapes", "quick"
+    jobs = plan(args, [STUDIES["alwa"]], BUILTIN["quick"], (0, 1), {"alwa": {}})
+    trained = {cell.name for job in jobs.values() for _, cell, _ in job.users}
+    table2 = {c.name for c in STUDIES["alwa"].cells(BUILTIN["quick"].alwa_intervals) if c.group == "Table 2: scheme"}
+    assert len(table2) == 9 and trained == table2 | {"SmoothL1 fixed 1:1 (2x schedule)"}
     wrong = subprocess.run(_cmd("ranking", "--budget", "quick", "--cells", "ATSS", "nothing like it", "--no-train",
                                 "--results", str(tmp_path / "r")), capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "'nothing like it'" in wrong.stderr

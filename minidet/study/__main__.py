@@ -85,7 +85,7 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
         for study in studies:
             cells = study.cells(budget.alwa_intervals)
             if args.cells:  # the named cells and the references they are compared with
-                named = [c for c in cells if any(part in c.name for part in args.cells)]
+                named = [c for c in cells if any(part in c.name or part == c.group for part in args.cells)]
                 cells = [c for c in cells if c in named or c.name in {n.ref for n in named}]
             for cell in cells:
                 if cell.schedule != 1 and seed not in seeds[:CHECK_SEEDS]:
@@ -232,8 +232,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="dataset YAML, dataset folder or 'shapes' (default: the budget's)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell, 0..N-1 (default: the budget's)")
     p.add_argument("--cells", nargs="+", default=None, metavar="TEXT",
-                   help="train only the cells whose name contains one of these texts, and their reference cells "
-                   "(more --seeds for the decisive comparisons); the tables keep every recorded run")
+                   help="train only the cells whose name contains one of these texts or whose group (a table "
+                   "section, e.g. 'Table 2: scheme', 'convergence check') is one of them, and their reference "
+                   "cells (more --seeds for the decisive comparisons); the tables keep every recorded run")
     p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each on cores / jobs threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--work", type=Path, default=Path("runs/study"), help="run folders (checkpoints, logs)")
@@ -258,11 +259,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.data = args.data or budget.data
-    names = {c.name for name in args.studies for c in STUDIES[name].cells(budget.alwa_intervals)}
-    unknown = [t for t in args.cells or () if not any(t in n for n in names)]
+    cells = [c for name in args.studies for c in STUDIES[name].cells(budget.alwa_intervals)]
+    unknown = [t for t in args.cells or () if not any(t in c.name or t == c.group for c in cells)]
     if unknown:
         print(f"error: --cells {' '.join(map(repr, unknown))} matches no cell of {', '.join(args.studies)}; "
-              f"the cells: {'; '.join(sorted(names))}", file=sys.stderr)
+              f"the cells: {'; '.join(sorted({c.name for c in cells}))}; the groups: "
+              f"{'; '.join(sorted({c.group for c in cells}))}", file=sys.stderr)
         return 2
     args.tag = data_tag(budget, args.data)
     seeds = tuple(range(args.seeds)) if args.seeds else budget.seeds
