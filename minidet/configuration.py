@@ -134,6 +134,11 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
     model = _first("model", [*top, PRESETS[preset_name]["common"], ENGINE_DEFAULTS])
     if model not in FAMILIES:
         raise ConfigError(f"--model {model!r} is not a detector family; choose one of: {', '.join(FAMILIES)}")
+    for key in flags:  # a flag of another family would be silently ignored
+        owners = [f.name for f in FAMILIES.values() if key in f.flags]
+        if owners and model not in owners:
+            raise ConfigError(f"--{key.replace('_', '-')} is an option of --model {' / '.join(owners)}; --model "
+                              f"{model} has no such option: leave it out")
     preset = {**PRESETS[preset_name]["common"], **PRESETS[preset_name].get(model, {})}
     if saved:
         preset = {k: v for k, v in preset.items() if k not in LATER_PRESET_KEYS or k in saved}
@@ -229,6 +234,8 @@ def model_options(cfg) -> dict:
         opts["head_norm"] = None
     if opts.get("ignore_iof_thr") is not None and opts["ignore_iof_thr"] < 0:
         opts["ignore_iof_thr"] = None
+    if opts.get("neg_pos_ratio") == "all":  # no hard negative mining: every negative
+        opts["neg_pos_ratio"] = None
     if str(cfg["backbone"]).startswith("resnet"):
         opts.update(frozen_stages=cfg["frozen_stages"], frozen_bn=cfg["frozen_bn"])
     return opts

@@ -54,9 +54,9 @@ from .models.backbones import PretrainedWeightsError
 from .weighting import WEIGHTINGS
 
 
-def _ratio(text: str) -> float | None:
-    if text == "all":
-        return None
+def _ratio(text: str) -> float | str:
+    if text == "all":  # kept as the text: None would read as "unset" and give the family's 3:1
+        return text
     try:
         value = float(text)
     except ValueError:

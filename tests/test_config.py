@@ -106,6 +106,8 @@ def _refused(capsys, argv, flag, run=main):
     (["--iters", "0"], "--iters"),
     (["--shapes-val-images", "0"], "--shapes-val-images"),
     (["--normalizer-momentum", "1"], "--normalizer-momentum"),
+    (["--model", "yolo", "--neg-pos-ratio", "2"], "--neg-pos-ratio"),  # an SSD option, ignored by YOLO before
+    (["--model", "ssd", "--head-convs", "2"], "--head-convs"),
     (["--normalizer-momentum", "0.9", "--cls-loss", "ap"], "--normalizer-momentum"),
     (["--iters", "8", "--epochs", "2"], "--iters"),
     (["--iters", "8", "--lr-steps", "3"], "--lr-steps"),  # 3 epochs of 4 batches > 8 steps
@@ -172,3 +174,23 @@ def test_normalizer_momentum_reaches_the_criterion(model):
     assert crit.positive_normaliser(n).item() == pytest.approx(0.9 * 100 + 0.1 * 7)
     plain = build_model(model, 3, backbone="tiny", **model_options(resolve(vars(parse_args(["--model", model])))))
     assert plain.criterion.normalizer_momentum is None and plain.criterion.positive_normaliser(n).item() == 7.0
+
+
+def test_neg_pos_ratio_all_trains_every_negative(tmp_path):
+    """--neg-pos-ratio all reaches the criterion as no mining (it used to read as unset: 3:1),
+    also from the saved configuration of a resumed run."""
+    from minidet.configuration import model_options
+    from minidet.models import build_model
+
+    def criterion(cfg):
+        return build_model("ssd", 3, backbone="tiny", **model_options(cfg)).criterion
+
+    assert criterion(vars(parse_args(["--model", "ssd", "--neg-pos-ratio", "all"]))).neg_pos_ratio is None
+    assert criterion(vars(parse_args(["--model", "ssd", "--neg-pos-ratio", "2"]))).neg_pos_ratio == 2.0
+    assert criterion(vars(parse_args(["--model", "ssd"]))).neg_pos_ratio == 3.0
+    run = tmp_path / "run"
+    assert main([*TINY, "--model", "ssd", "--cls-loss", "softmax_focal", "--neg-pos-ratio", "all", "--iters", "1",
+                 "--val-split", "none", "--out", str(run)]) == 0
+    saved = load_checkpoint(run / "last.pt")["args"]
+    assert saved["neg_pos_ratio"] == "all"
+    assert criterion(vars(parse_args([], saved=saved))).neg_pos_ratio is None
