@@ -382,11 +382,20 @@ def test_sigint_at_random_instants_resumes_exactly(server, reference, tmp_path):
 
 
 def test_sigint_during_setup_restarts_from_scratch(server, reference, tmp_path):
-    """A SIGINT before Trainer.fit (data and model being built): no checkpoint, no claim of one."""
+    """A SIGINT before Trainer.fit (data and model being built): no checkpoint, no claim of one.
+    Aimed inside the setup of a run like this one (the reference's setup is the first and slower:
+    its renders and lazy imports are not warm yet, so 80% of it can fall after fit started)."""
+    warm = server.run([*ARGS, "--out", str(tmp_path / "warm")])
+    assert warm["exit"] == 0, warm["output"][-3000:]
+    setup = min(o[2] for events in (reference[1], warm["events"]) for o in occurrences(events) if o[0] == "setup")
     run = tmp_path / "early"
-    setup = next(o for o in occurrences(reference[1]) if o[0] == "setup")
-    first = interrupt_and_resume(server, run, target=("setup", 1, 0.8 * setup[2] * np.random.default_rng().random()))
-    assert first["exit"] not in (0, 130) and first["landed"] == ["setup"]
+    first = interrupt_and_resume(server, run, target=("setup", 1, 0.8 * setup * np.random.default_rng().random()))
+    if first["exit"] == 0:
+        # the KeyboardInterrupt was raised where CPython swallows it ("Exception ignored in ..."):
+        # the run went on and finished
+        assert "Exception ignored" in first["output"], first["output"][-3000:]
+    else:
+        assert first["exit"] != 130 and first["landed"] == ["setup"], (first["exit"], first["landed"])
     assert_same_final_state(run, reference[0])
 
 
