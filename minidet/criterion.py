@@ -14,9 +14,9 @@ and the score / IoU correlations of the positives (``self.diagnostics`` gets the
 positive gradient ratio after backward). Losses are computed in float32 even under autocast.
 Classification sums are divided by the number of positives in the batch (at least 1; optionally
 an EMA of it, as detectron2 does), averaged across processes only while ``sync_normalizer`` is
-True (``with criterion.normalizer_synced():``, as the Trainer's DDP training forward runs), so that DDP's mean of the per-process
-gradients is the gradient of the whole batch's loss; a loss computed by one process alone never
-waits for the others.
+True (``with criterion.normalizer_synced():``, as the Trainer's DDP training forward runs), so
+that DDP's mean of the per-process gradients is the gradient of the whole batch's loss; a loss
+computed by one process alone never waits for the others.
 """
 
 from __future__ import annotations

@@ -159,38 +159,36 @@ def test_shapes_validation_size_is_a_flag():
     assert spec["train"]["num_images"] == 40 and spec["val"]["num_images"] == 7
 
 
+def _criterion(model: str, cfg: dict):
+    """The criterion ``python -m minidet.train`` builds from a resolved configuration."""
+    from minidet.configuration import model_options
+    from minidet.models import build_model
+
+    return build_model(model, 3, backbone="tiny", **model_options(cfg)).criterion
+
+
 @pytest.mark.parametrize("model", ["retinanet", "ssd"])
 def test_normalizer_momentum_reaches_the_criterion(model):
     """--normalizer-momentum M: the loss divides by an EMA of #positives (started at 100, as
     detectron2's RetinaNet); without it, by the batch's own count."""
-    from minidet.configuration import model_options
-    from minidet.models import build_model
-
-    cfg = resolve(vars(parse_args(["--model", model, "--normalizer-momentum", "0.9"])))
-    crit = build_model(model, 3, backbone="tiny", **model_options(cfg)).criterion
+    crit = _criterion(model, vars(parse_args(["--model", model, "--normalizer-momentum", "0.9"])))
     assert crit.normalizer_momentum == 0.9
     n = torch.tensor(7.0)
     crit.train()
     assert crit.positive_normaliser(n).item() == pytest.approx(0.9 * 100 + 0.1 * 7)
-    plain = build_model(model, 3, backbone="tiny", **model_options(resolve(vars(parse_args(["--model", model])))))
-    assert plain.criterion.normalizer_momentum is None and plain.criterion.positive_normaliser(n).item() == 7.0
+    plain = _criterion(model, vars(parse_args(["--model", model])))
+    assert plain.normalizer_momentum is None and plain.positive_normaliser(n).item() == 7.0
 
 
 def test_neg_pos_ratio_all_trains_every_negative(tmp_path):
     """--neg-pos-ratio all reaches the criterion as no mining (it used to read as unset: 3:1),
     also from the saved configuration of a resumed run."""
-    from minidet.configuration import model_options
-    from minidet.models import build_model
-
-    def criterion(cfg):
-        return build_model("ssd", 3, backbone="tiny", **model_options(cfg)).criterion
-
-    assert criterion(vars(parse_args(["--model", "ssd", "--neg-pos-ratio", "all"]))).neg_pos_ratio is None
-    assert criterion(vars(parse_args(["--model", "ssd", "--neg-pos-ratio", "2"]))).neg_pos_ratio == 2.0
-    assert criterion(vars(parse_args(["--model", "ssd"]))).neg_pos_ratio == 3.0
+    assert _criterion("ssd", vars(parse_args(["--model", "ssd", "--neg-pos-ratio", "all"]))).neg_pos_ratio is None
+    assert _criterion("ssd", vars(parse_args(["--model", "ssd", "--neg-pos-ratio", "2"]))).neg_pos_ratio == 2.0
+    assert _criterion("ssd", vars(parse_args(["--model", "ssd"]))).neg_pos_ratio == 3.0
     run = tmp_path / "run"
     assert main([*TINY, "--model", "ssd", "--cls-loss", "softmax_focal", "--neg-pos-ratio", "all", "--iters", "1",
                  "--val-split", "none", "--out", str(run)]) == 0
     saved = load_checkpoint(run / "last.pt")["args"]
     assert saved["neg_pos_ratio"] == "all"
-    assert criterion(vars(parse_args([], saved=saved))).neg_pos_ratio is None
+    assert _criterion("ssd", vars(parse_args([], saved=saved))).neg_pos_ratio is None

@@ -75,6 +75,11 @@ class Progress:
         return f"[{self.done}/{self.total} runs, {elapsed / 60:.1f} min, about {left / 60:.0f} min left]"
 
 
+def _named(cell: Cell, texts: list[str]) -> bool:
+    """Whether ``--cells`` names the cell: a text in its name, or its group (a table section)."""
+    return any(text in cell.name or text == cell.group for text in texts)
+
+
 def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], records: dict) -> dict[Path, Job]:
     """Every run still missing from the record files, seed by seed (so a stopped study has whole
     seeds), the same run folder once."""
@@ -85,7 +90,7 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
         for study in studies:
             cells = study.cells(budget.alwa_intervals)
             if args.cells:  # the named cells and the references they are compared with
-                named = [c for c in cells if any(part in c.name or part == c.group for part in args.cells)]
+                named = [c for c in cells if _named(c, args.cells)]
                 cells = [c for c in cells if c in named or c.name in {n.ref for n in named}]
             for cell in cells:
                 if cell.schedule != 1 and seed not in seeds[:CHECK_SEEDS]:
@@ -260,7 +265,7 @@ def main(argv=None) -> int:
         return 2
     args.data = args.data or budget.data
     cells = [c for name in args.studies for c in STUDIES[name].cells(budget.alwa_intervals)]
-    unknown = [t for t in args.cells or () if not any(t in c.name or t == c.group for c in cells)]
+    unknown = [t for t in args.cells or () if not any(_named(c, [t]) for c in cells)]
     if unknown:
         print(f"error: --cells {' '.join(map(repr, unknown))} matches no cell of {', '.join(args.studies)}; "
               f"the cells: {'; '.join(sorted({c.name for c in cells}))}; the groups: "
