@@ -1,7 +1,16 @@
-"""Shared pytest fixtures and helpers."""
+"""Shared pytest fixtures and helpers.
 
-import pytest
-import torch
+The test session runs single-threaded (OMP_NUM_THREADS=1, set before torch is imported, so the
+processes the tests start inherit it): many tests start training processes or DataLoader
+workers beside the pytest process, and on the 2-core machine intra-op threads competing with
+them made the whole suite slower than one thread per process."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def random_boxes(n: int, generator: torch.Generator, scale: float = 100.0,
