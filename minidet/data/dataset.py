@@ -22,6 +22,9 @@ from .image_io import read_rgb
 from .problems import DataError, DataReport
 
 OUTSIDE_TOLERANCE = 1.0  # px a box may stick out of the image before it counts as a problem
+# A split whose decoded images take at most this many bytes keeps them in memory once decoded
+# (in each process that reads it: the main process, every DataLoader worker)
+CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -95,12 +98,17 @@ class DetectionDataset(Dataset):
     """Records + class names + an optional transform ``f(item) -> item``.
 
     Unreadable images raise a DataError naming the file (strict) or are replaced by the next
-    readable image with a warning (lenient; ``skipped_images`` counts them).
+    readable image with a warning (lenient; ``skipped_images`` counts them). A split whose decoded
+    images fit in ``cache_bytes`` decodes each image once per process (a PNG / JPEG decode costs
+    more than the whole augmentation of a 400 px tile).
     """
 
     def __init__(self, records: list[Record], class_names: Sequence[str], report: DataReport | None = None,
-                 transform: Callable[[dict], dict] | None = None, category_ids: Sequence[int] | None = None) -> None:
+                 transform: Callable[[dict], dict] | None = None, category_ids: Sequence[int] | None = None,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         self.records = records
+        fits = sum(r.width * r.height * 3 for r in records) <= cache_bytes
+        self._decoded: dict[int, np.ndarray] | None = {} if fits else None
         self.class_names = list(class_names)
         self.report = report or DataReport()
         self.transform = transform
@@ -127,7 +135,7 @@ class DetectionDataset(Dataset):
     def load(self, index: int) -> dict:
         """The untransformed item of record ``index``."""
         r = self.records[index]
-        image = read_rgb(r.path)
+        image = self._read(index)
         h, w = image.shape[:2]
         if (w, h) != (r.width, r.height):
             rotated = " (the sizes are swapped: the annotations were made for the image before its EXIF rotation; " \
@@ -142,6 +150,17 @@ class DetectionDataset(Dataset):
             item["areas"] = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
             item["ignore_boxes"], item["ignore_labels"] = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
         return item
+
+    def _read(self, index: int) -> np.ndarray:
+        """The decoded image of record ``index``: from the cache when the split has one (kept
+        read-only; every call gets its own copy, which the transforms may change)."""
+        if self._decoded is None:
+            return read_rgb(self.records[index].path)
+        if index not in self._decoded:
+            image = read_rgb(self.records[index].path)
+            image.flags.writeable = False
+            self._decoded[index] = image
+        return self._decoded[index].copy()
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """Item ``index`` (transformed). ``index`` may also be an ``(epoch, index)`` pair, what the
