@@ -3,8 +3,10 @@
     python eval/bench_data.py
     python eval/bench_data.py --images 256 --workers 0 2 4
 
-Two sources: the built-in shapes dataset (images rendered on the fly) and the same images
-written to disk as a COCO dataset (PNG decoding). The pipeline: read/render, TrainTransform
+Three sources: the built-in shapes dataset (images rendered on the fly), the same images written
+to disk as a COCO dataset and decoded from PNG every time, and that dataset as the trainer reads a
+split this small ("decoded once, kept": each image decoded once per process; DataLoader workers
+that are not persistent, as here, start every epoch with an empty cache). The pipeline: read/render, TrainTransform
 (resize, random scale, pad + crop, flip, colour jitter) and collate into a padded float batch.
 """
 
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from minidet.data import ShapesDataset, TrainTransform, build_dataset, build_loader
+from minidet.data.dataset import DetectionDataset
 from minidet.data.shapes import write_coco
 
 
@@ -46,7 +49,9 @@ def main() -> None:
         print(f"train pipeline at {args.size}x{args.size}, batch {args.batch}, {args.images} images")
         print("| source | workers | images/s |")
         print("|---|---:|---:|")
-        for name, ds in (("shapes (rendered on the fly)", shapes), ("COCO PNG files (decoded)", coco)):
+        uncached = DetectionDataset(coco.records, coco.class_names, coco.report, transform, cache_bytes=0)
+        for name, ds in (("shapes (rendered on the fly)", shapes), ("COCO PNG files (decoded)", uncached),
+                         ("COCO PNG files (decoded once, kept)", coco)):
             for w in args.workers:
                 print(f"| {name} | {w} | {images_per_second(ds, w, args.batch):.1f} |", flush=True)
 
