@@ -13,9 +13,8 @@ from minidet.data.mosaic import Mosaic
 
 
 def _training_set(root, cache_bytes: int):
-    ds = build_dataset(str(root), "train", strict=True, fmt="coco")
-    if cache_bytes != dataset_module.CACHE_BYTES:
-        ds = dataset_module.DetectionDataset(ds.records, ds.class_names, ds.report, cache_bytes=cache_bytes)
+    read = build_dataset(str(root), "train", strict=True, fmt="coco")
+    ds = dataset_module.DetectionDataset(read.records, read.class_names, read.report, cache_bytes=cache_bytes)
     ds.transform = TrainTransform(160, seed=0)
     ds.aug_seed = 7
     ds.mosaic = Mosaic(size=160, p=0.5, until_epoch=3, seed=0)
