@@ -133,6 +133,8 @@ def test_run_keys_ignore_option_order_and_cells_never_change_the_schedule():
     assert option_groups(["--a", "1", "2", "--b", "--c", "x"]) == ["--a 1 2", "--b", "--c x"]
     assert run_key(["--model", "ssd", "--seed", "1"]) == run_key(["--seed", "1", "--model", "ssd"])
     assert run_key(["--model", "ssd", "--seed", "1"]) != run_key(["--model", "ssd", "--seed", "2"])
+    assert run_key(["--epochs", "36", "--seed", "1", "--epochs", "72"]) == run_key(["--seed", "1", "--epochs", "72"])
+    assert run_key(["--epochs", "72", "--seed", "1", "--epochs", "36"]) != run_key(["--seed", "1", "--epochs", "72"])
     for study in STUDIES.values():
         assert not {"--epochs", "--iters", "--img-size", "--batch-size", "--shapes-images"} & set(study.flags)
         for cell in study.cells((20, 100, 200, 500)):  # only losses / weights / heads / assigners

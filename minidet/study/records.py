@@ -23,8 +23,11 @@ def option_groups(flags: Sequence[str]) -> list[str]:
 
 
 def run_key(flags: Sequence[str]) -> str:
-    """Same options in any order -> same key: identical runs are trained once, for every study."""
-    return hashlib.sha1(" ".join(sorted(option_groups(flags))).encode()).hexdigest()[:12]
+    """Same options in any order -> same key: identical runs are trained once, for every study.
+    An option given twice counts with its last value, as argparse reads it (a 2x check's
+    ``--epochs 36 ... --epochs 72`` is the same run as ``--epochs 72``)."""
+    last = {group.split(" ", 1)[0]: group for group in option_groups(flags)}
+    return hashlib.sha1(" ".join(sorted(last.values())).encode()).hexdigest()[:12]
 
 
 def load_records(path: Path) -> dict[tuple[str, int], dict]:
