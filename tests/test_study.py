@@ -181,6 +181,10 @@ def test_a_run_another_study_recorded_is_not_trained_again(quick_all, tmp_path):
         assert ("balance", "focal (2x schedule)", seed) not in trained
     adopted = load_records(tmp_path / "results" / "families" / "quick_runs.jsonl")
     assert adopted[(ref, 1)]["flags"] == ranking[("focal + SmoothL1", 1)]["flags"]
+    # a second study command that read the files before the first adopted them appends nothing twice
+    lines = (tmp_path / "results" / "families" / "quick_runs.jsonl").read_text()
+    plan(args, [STUDIES["families"], STUDIES["balance"]], BUILTIN["quick"], (0, 1), {"families": {}, "balance": {}})
+    assert (tmp_path / "results" / "families" / "quick_runs.jsonl").read_text() == lines
 
 
 def test_more_seeds_for_named_cells_train_only_those_and_their_reference(tmp_path):

@@ -137,11 +137,18 @@ def adopt_recorded(args, budget: Budget, known: dict[str, dict], study: str, cel
     if rec is None or (study == "balance" and cell.schedule == 1 and "series" not in rec):
         return False
     kept = {k: v for k, v in rec.items() if k != "cell" and (study == "balance" or k != "series")}
-    append_record(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl",
-                  {"cell": cell.name, "seed": seed, **kept})
+    record_once(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl", cell.name, seed, kept)
     records[study][(cell.name, seed)] = kept
     print(f"   [recorded before] {study}: {cell.name} seed {seed}: AP {rec['metrics']['AP']:.3f}", flush=True)
     return True
+
+
+def record_once(path: Path, cell: str, seed: int, rec: dict) -> None:
+    """Append the record unless the file holds this cell x seed's identical run already: a second
+    study command on the same study may have appended it after this one read the file."""
+    own = load_records(path).get((cell, seed))
+    if own is None or run_key(own["flags"]) != run_key(rec["flags"]):
+        append_record(path, {"cell": cell, "seed": seed, **rec})
 
 
 def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Progress | None) -> bool:
@@ -160,8 +167,7 @@ def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Pr
     rec = json.loads(rec_file.read_text())
     for study, cell, seed in job.users:
         kept = rec if study == "balance" else {k: v for k, v in rec.items() if k != "series"}
-        append_record(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl",
-                      {"cell": cell.name, "seed": seed, **kept})
+        record_once(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl", cell.name, seed, kept)
         records[study][(cell.name, seed)] = kept
     m = rec["metrics"]
     where = progress.line() if progress else "[trained before]"
