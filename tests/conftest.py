@@ -3,11 +3,20 @@
 The test session runs single-threaded (OMP_NUM_THREADS=1, set before torch is imported, so the
 processes the tests start inherit it): many tests start training processes or DataLoader
 workers beside the pytest process, and on the 2-core machine intra-op threads competing with
-them made the whole suite slower than one thread per process."""
+them made the whole suite slower than one thread per process.
+
+A suite started in the background of a non-interactive shell (``pytest &``, a CI script)
+inherits SIGINT ignored, and so would every process it starts: CPython then installs no
+KeyboardInterrupt handler, and the tests that send a Ctrl-C to a training or a study would see
+it ignored. The session handles SIGINT as a terminal's Python does; the processes the tests
+start then begin with the default disposition."""
 
 import os
+import signal
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
