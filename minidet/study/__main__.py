@@ -29,7 +29,7 @@ from ..cli import HelpFormatter
 from .budgets import Budget, BudgetError, load_budget
 from .grids import COMMON, STUDIES, Cell, Study
 from .pool import BUSY, StudyPool
-from .records import append_record, load_records, run_key
+from .records import load_records, record_once, run_key
 from .report import write_report
 
 CHECK_SEEDS = 2  # seeds of the convergence check
@@ -141,14 +141,6 @@ def adopt_recorded(args, budget: Budget, known: dict[str, dict], study: str, cel
     records[study][(cell.name, seed)] = kept
     print(f"   [recorded before] {study}: {cell.name} seed {seed}: AP {rec['metrics']['AP']:.3f}", flush=True)
     return True
-
-
-def record_once(path: Path, cell: str, seed: int, rec: dict) -> None:
-    """Append the record unless the file holds this cell x seed's identical run already: a second
-    study command on the same study may have appended it after this one read the file."""
-    own = load_records(path).get((cell, seed))
-    if own is None or run_key(own["flags"]) != run_key(rec["flags"]):
-        append_record(path, {"cell": cell, "seed": seed, **rec})
 
 
 def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Progress | None) -> bool:

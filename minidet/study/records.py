@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["option_groups", "run_key", "load_records", "append_record"]
+__all__ = ["option_groups", "run_key", "load_records", "append_record", "record_once"]
 
 
 def option_groups(flags: Sequence[str]) -> list[str]:
@@ -54,3 +54,11 @@ def append_record(path: Path, record: dict) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def record_once(path: Path, cell: str, seed: int, rec: dict) -> None:
+    """Append the record unless the file holds this cell x seed's identical run already: a second
+    study command on the same study may have appended it after this one read the file."""
+    own = load_records(path).get((cell, seed))
+    if own is None or run_key(own["flags"]) != run_key(rec["flags"]):
+        append_record(path, {"cell": cell, "seed": seed, **rec})
