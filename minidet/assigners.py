@@ -9,9 +9,8 @@ Four assigners, each batched over images with gts padded to a common count G:
 - ``SSDMatcher``: each gt forced onto its best default box, then IoU >= threshold.
 - ``YOLOGridAssigner``: YOLO v1's responsible predictor of the cell holding the gt centre.
 
-Entry points: ``assign(priors [A,4], num_per_level, gt_boxes [G,4], gt_labels [G],
-ignore_boxes [M,4])`` for one image and ``assign_batch(priors, num_per_level, gt_boxes [B,G,4],
-gt_labels [B,G], gt_valid [B,G], ignore=(boxes [B,M,4], valid [B,M]))`` for a padded batch.
+Entry point: ``assign_batch(priors [A,4], num_per_level, gt_boxes [B,G,4], gt_labels [B,G],
+gt_valid [B,G], ignore=(boxes [B,M,4], valid [B,M]))`` for a padded batch.
 Priors mostly inside an ignore region (crowd / difficult, any class; intersection over the
 prior's area > ``ignore_iof_thr``, default 0.5) that are not positive become ignored, as
 mmdetection's ``ignore_iof_thr`` does — torchvision's and detectron2's references instead
@@ -48,7 +47,7 @@ __all__ = [
 
 @dataclass
 class AssignResult:
-    """gt_inds, labels (int64) and max_iou (float), each [A] for one image or [B, A]; pred_boxes
+    """gt_inds, labels (int64) and max_iou (float), each [B, A]; pred_boxes
     [B, A, 4]: the decoded predictions an assignment by prediction used (YOLO), else None."""
 
     gt_inds: Tensor
@@ -115,7 +114,7 @@ def _batched_iou(gt_boxes: Tensor, priors: Tensor, gt_valid: Tensor) -> Tensor:
 
 
 class _Assigner:
-    """Shared entry points: one image or a padded batch, then ignore regions.
+    """The shared entry point: a padded batch, then ignore regions.
 
     ``ignore_iof_thr``: a prior whose intersection over its own area with some ignore region
     (COCO crowd, VOC difficult; of any class) exceeds this is ignored instead of background,
@@ -123,19 +122,6 @@ class _Assigner:
     """
 
     ignore_iof_thr: float | None = 0.5
-
-    @torch.no_grad()
-    def assign(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor,
-               gt_labels: Tensor, ignore_boxes: Tensor | None = None, **kwargs) -> AssignResult:
-        """One image: priors [A, 4], gt_boxes [G, 4], gt_labels [G], ignore_boxes [M, 4]
-        -> results of shape [A]."""
-        valid = torch.ones(1, len(gt_boxes), dtype=torch.bool, device=priors.device)
-        ignore = None
-        if ignore_boxes is not None:
-            ignore = (ignore_boxes[None], torch.ones(1, len(ignore_boxes), dtype=torch.bool, device=priors.device))
-        out = self.assign_batch(priors, num_per_level, gt_boxes[None], gt_labels[None], valid,
-                                ignore=ignore, **kwargs)
-        return AssignResult(out.gt_inds[0], out.labels[0], out.max_iou[0])
 
     @torch.no_grad()
     def assign_batch(self, priors: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor, gt_labels: Tensor,

@@ -2,6 +2,7 @@
 and ATSS against a straightforward per-gt reference written here."""
 
 import torch
+from assign_one import assign_one
 
 from minidet.anchors import AnchorGenerator
 from minidet.assigners import ATSSAssigner, MaxIoUAssigner, SSDMatcher, YOLOGridAssigner, pad_gts
@@ -24,7 +25,7 @@ PRIORS = T([
 
 def test_maxiou_thresholds_ignore_and_background():
     gts = T([[0, 0, 10, 10], [21, 21, 31, 31], [0, 50, 10, 60]])
-    r = MaxIoUAssigner().assign(PRIORS, [6], gts, torch.tensor([3, 1, 2]))
+    r = assign_one(MaxIoUAssigner(), PRIORS, [6], gts, torch.tensor([3, 1, 2]))
     # A0: IoU 1 with gt0; A1: 1/3 -> background; A2: 81/119 with gt1; A3: nothing;
     # A4: 60/140 = 0.43 with gt2 -> ignored; A5: IoU 1 with gt2
     assert r.gt_inds.tolist() == [1, 0, 2, 0, -1, 3]
@@ -34,18 +35,18 @@ def test_maxiou_thresholds_ignore_and_background():
 
 def test_maxiou_low_quality_match_claims_best_prior():
     gts = T([[14, 0, 16, 4]])  # overlaps only A1, IoU 4 / 104
-    r = MaxIoUAssigner().assign(PRIORS, [6], gts, torch.tensor([0]))
+    r = assign_one(MaxIoUAssigner(), PRIORS, [6], gts, torch.tensor([0]))
     assert r.gt_inds.tolist() == [0, 1, 0, 0, 0, 0]
-    r = MaxIoUAssigner(allow_low_quality=False).assign(PRIORS, [6], gts, torch.tensor([0]))
+    r = assign_one(MaxIoUAssigner(allow_low_quality=False), PRIORS, [6], gts, torch.tensor([0]))
     assert r.gt_inds.tolist() == [0, 0, 0, 0, 0, 0]
     # min_pos_iou above the best IoU: no claim
-    r = MaxIoUAssigner(min_pos_iou=0.1).assign(PRIORS, [6], gts, torch.tensor([0]))
+    r = assign_one(MaxIoUAssigner(min_pos_iou=0.1), PRIORS, [6], gts, torch.tensor([0]))
     assert r.gt_inds.tolist() == [0] * 6
 
 
 def test_maxiou_identical_gts_zero_area_and_uncovered_gts():
     gts = T([[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 50, 50], [500, 500, 510, 510]])
-    r = MaxIoUAssigner().assign(PRIORS, [6], gts, torch.tensor([0, 1, 2, 3]))
+    r = assign_one(MaxIoUAssigner(), PRIORS, [6], gts, torch.tensor([0, 1, 2, 3]))
     # identical gts: the lower index wins; the zero-area and the uncovered gt claim nothing
     assert r.gt_inds.tolist() == [1, 0, 0, 0, 0, 0]
 
@@ -53,13 +54,13 @@ def test_maxiou_identical_gts_zero_area_and_uncovered_gts():
 def test_maxiou_tie_between_claimers_goes_to_higher_iou():
     priors = T([[0, 0, 10, 10], [50, 50, 60, 60]])
     gts = T([[0, 0, 10, 10], [0, 0, 2, 2]])  # both have prior 0 as their best
-    r = MaxIoUAssigner().assign(priors, [2], gts, torch.tensor([0, 1]))
+    r = assign_one(MaxIoUAssigner(), priors, [2], gts, torch.tensor([0, 1]))
     assert r.gt_inds.tolist() == [1, 0]
 
 
 def test_no_gts_means_all_background():
     for assigner in (MaxIoUAssigner(), ATSSAssigner(), SSDMatcher(), YOLOGridAssigner(2)):
-        r = assigner.assign(PRIORS, [6], torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+        r = assign_one(assigner, PRIORS, [6], torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
         assert r.gt_inds.tolist() == [0] * 6 and r.labels.tolist() == [-1] * 6
 
 
@@ -72,14 +73,14 @@ def test_batched_with_padding_matches_single_images():
     for assigner in (MaxIoUAssigner(), ATSSAssigner(topk=3), SSDMatcher()):
         batch = assigner.assign_batch(priors, npl, boxes, lab, valid)
         for i in range(3):
-            single = assigner.assign(priors, npl, gts[i], labels[i])
+            single = assign_one(assigner, priors, npl, gts[i], labels[i])
             assert torch.equal(batch.gt_inds[i], single.gt_inds), type(assigner).__name__
             assert torch.equal(batch.labels[i], single.labels)
 
 
 def test_ssd_matcher_forces_best_prior():
     gts = T([[14, 0, 16, 4], [21, 21, 31, 31]])
-    r = SSDMatcher().assign(PRIORS, [6], gts, torch.tensor([5, 6]))
+    r = assign_one(SSDMatcher(), PRIORS, [6], gts, torch.tensor([5, 6]))
     # gt0's best IoU is 0.038 (A1) but it is forced there; gt1 matches A2 by threshold
     assert r.gt_inds.tolist() == [0, 1, 2, 0, 0, 0]
     assert r.labels.tolist() == [-1, 5, 6, -1, -1, -1]
@@ -88,11 +89,11 @@ def test_ssd_matcher_forces_best_prior():
 def test_ssd_matcher_ties_and_conflicts():
     priors = T([[0, 0, 10, 10], [0, 0, 10, 10], [40, 40, 50, 50]])
     # gt0 ties between priors 0 and 1 -> the lowest index (0) is forced; both pass 0.5 anyway
-    r = SSDMatcher().assign(priors, [3], T([[0, 0, 10, 10]]), torch.tensor([0]))
+    r = assign_one(SSDMatcher(), priors, [3], T([[0, 0, 10, 10]]), torch.tensor([0]))
     assert r.gt_inds.tolist() == [1, 1, 0]
     # two gts whose best prior is prior 2: the one overlapping it more wins
     gts = T([[40, 40, 44, 44], [40, 40, 48, 48]])
-    r = SSDMatcher(iou_thr=0.9).assign(priors, [3], gts, torch.tensor([0, 1]))
+    r = assign_one(SSDMatcher(iou_thr=0.9), priors, [3], gts, torch.tensor([0, 1]))
     assert r.gt_inds.tolist() == [0, 0, 2]
 
 
@@ -134,7 +135,7 @@ def test_atss_matches_reference_on_three_levels():
         gts = torch.cat([xy, (xy + wh).clamp(max=128)], 1)  # tiny, medium, large; border boxes
         if trial == 3:
             gts = torch.cat([gts, gts[:1]])  # two identical gts
-        got = ATSSAssigner(topk=9).assign(priors, npl, gts, torch.zeros(len(gts), dtype=torch.long))
+        got = assign_one(ATSSAssigner(topk=9), priors, npl, gts, torch.zeros(len(gts), dtype=torch.long))
         assert torch.equal(got.gt_inds, _atss_reference(priors, npl, gts, 9)), f"trial {trial}"
 
 
@@ -142,7 +143,7 @@ def test_atss_level_with_fewer_anchors_than_k():
     gen = AnchorGenerator(sizes=(16, 64), strides=(8, 32), ratios=(1.0,), scales=(1.0,))
     priors, npl = gen([(4, 4), (1, 1)])  # second level has a single anchor
     gts = T([[4, 4, 28, 28]])
-    got = ATSSAssigner(topk=9).assign(priors, npl, gts, torch.tensor([0]))
+    got = assign_one(ATSSAssigner(topk=9), priors, npl, gts, torch.tensor([0]))
     assert torch.equal(got.gt_inds, _atss_reference(priors, npl, gts, 9))
     assert got.gt_inds.sum() > 0
 
@@ -151,9 +152,9 @@ def test_atss_tiny_and_zero_area_gts():
     gen = AnchorGenerator(sizes=(16,), strides=(8,), ratios=(1.0,), scales=(1.0,))
     priors, npl = gen([(4, 4)])  # centres at 4, 12, 20, 28
     # a 2 px gt around the centre (12, 12): only that anchor's centre is inside
-    r = ATSSAssigner(topk=9).assign(priors, npl, T([[11, 11, 13, 13]]), torch.tensor([0]))
+    r = assign_one(ATSSAssigner(topk=9), priors, npl, T([[11, 11, 13, 13]]), torch.tensor([0]))
     assert r.gt_inds.nonzero().squeeze(1).tolist() == [5]
-    r = ATSSAssigner(topk=9).assign(priors, npl, T([[12, 12, 12, 12]]), torch.tensor([0]))
+    r = assign_one(ATSSAssigner(topk=9), priors, npl, T([[12, 12, 12, 12]]), torch.tensor([0]))
     assert r.gt_inds.sum() == 0
 
 
@@ -173,5 +174,5 @@ def test_yolo_grid_assigner():
     assert r.labels[0].tolist() == [-1, -1, 2, -1, -1, 1, -1, -1]
     assert r.max_iou[0, 5].item() == 1.0
     # without predictions the first predictor of each cell is responsible
-    r = YOLOGridAssigner(2).assign(cells, [8], gts, labels)
+    r = assign_one(YOLOGridAssigner(2), cells, [8], gts, labels)
     assert r.gt_inds.tolist() == [0, 0, 3, 0, 2, 0, 0, 0]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from assign_one import assign_one
 
 from minidet.anchors import GridCellGenerator
 from minidet.assigners import ATSSAssigner, MaxIoUAssigner, SSDMatcher, YOLOGridAssigner
@@ -38,22 +39,22 @@ CROWD = T([[50, 50, 80, 80]])
 @pytest.mark.parametrize("assigner", [MaxIoUAssigner(), ATSSAssigner(topk=3), SSDMatcher()],
                          ids=["maxiou", "atss", "ssd"])
 def test_priors_inside_a_crowd_region_are_ignored_not_background(assigner):
-    without = assigner.assign(PRIORS, [6], GT, torch.tensor([1]))
+    without = assign_one(assigner, PRIORS, [6], GT, torch.tensor([1]))
     assert without.gt_inds.tolist() == [1, 0, 0, 0, 0, 0]
-    r = assigner.assign(PRIORS, [6], GT, torch.tensor([1]), ignore_boxes=CROWD)
+    r = assign_one(assigner, PRIORS, [6], GT, torch.tensor([1]), ignore_boxes=CROWD)
     assert r.gt_inds.tolist() == [1, -1, 0, -1, 0, -1]
     assert r.labels.tolist() == [1, -1, -1, -1, -1, -1]
 
 
 def test_ignore_can_be_turned_off_like_torchvision():
-    r = MaxIoUAssigner(ignore_iof_thr=None).assign(PRIORS, [6], GT, torch.tensor([1]), ignore_boxes=CROWD)
+    r = assign_one(MaxIoUAssigner(ignore_iof_thr=None), PRIORS, [6], GT, torch.tensor([1]), ignore_boxes=CROWD)
     assert r.gt_inds.tolist() == [1, 0, 0, 0, 0, 0]
 
 
 def test_positives_keep_priority_over_ignore_regions():
     # the gt lies inside a crowd region of another class: its positive prior stays positive
     crowd = T([[-5, -5, 100, 100]])
-    r = MaxIoUAssigner().assign(PRIORS, [6], GT, torch.tensor([0]), ignore_boxes=crowd)
+    r = assign_one(MaxIoUAssigner(), PRIORS, [6], GT, torch.tensor([0]), ignore_boxes=crowd)
     assert r.gt_inds.tolist() == [1, -1, -1, -1, 0, -1]
 
 
@@ -61,7 +62,7 @@ def test_yolo_cells_inside_a_region_are_ignored():
     priors, npl = GridCellGenerator(2)((4, 4), (64, 64), torch.device("cpu"))  # 16 px cells
     gt = T([[2, 2, 14, 14]])  # centre in cell 0
     crowd = T([[32, 32, 64, 64]])  # cells (2,2) (2,3) (3,2) (3,3)
-    r = YOLOGridAssigner(2).assign(priors, npl, gt, torch.tensor([0]), ignore_boxes=crowd)
+    r = assign_one(YOLOGridAssigner(2), priors, npl, gt, torch.tensor([0]), ignore_boxes=crowd)
     cells = r.gt_inds.view(16, 2)
     assert cells[0].tolist() == [1, 0]
     ignored_cells = sorted(set(torch.nonzero(cells < 0)[:, 0].tolist()))
