@@ -359,6 +359,7 @@ def build_datasets(args):
     train_set.transform = TrainTransform(args.img_size, ssd=args.augment == "ssd", seed=args.seed,
                                          strong=args.augment == "strong",
                                          scale=tuple(args.scale_jitter) if args.scale_jitter else None)
+    train_set.aug_seed = args.seed  # an item is then a function of (seed, epoch, index): resume repeats it
     val_set = None
     if args.val_split != "none":
         val_set = build_dataset(data_spec(args), args.val_split, strict=not args.lenient,

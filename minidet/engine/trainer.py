@@ -81,7 +81,6 @@ class Trainer(TrainerBase):
 
     def _build_loaders(self) -> None:
         args, train_set, val_set = self.args, self.train_set, self.val_set
-        train_set.aug_seed = args.seed
         divisor, workers = self.model.size_divisor, args.loader_workers
         self.train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
                                          resumable=True, size_divisor=divisor)
