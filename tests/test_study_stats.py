@@ -1,5 +1,5 @@
 """minidet.study.stats: the Student-t quantile against printed tables and scipy, the paired
-interval against a hand computation, and the verdict rules."""
+interval against a hand computation, the verdict rules, and a paper claim judged on its own pair."""
 
 import math
 
@@ -61,3 +61,24 @@ def test_agreement_with_the_paper():
     assert direction_agreement(unclear, 1) == "no detectable difference"
     assert direction_agreement(unclear, 0) == "agrees" and direction_agreement(better, 0) == "disagrees"
     assert direction_agreement(better, None) == ""
+
+
+def test_a_paper_claim_against_another_cell_is_judged_on_that_pair():
+    """The claim 'SB adds to aLRP without SB' is judged on SB minus no SB (same seeds), not on
+    the row's ΔAP to the study's reference (focal), which here is clearly negative."""
+    from minidet.study.grids import Cell, PaperRow
+    from minidet.study.report import aggregate
+
+    cells = [Cell("focal", (), ref="focal"), Cell("no SB", (), ref="focal"),
+             Cell("SB", (), ref="focal", paper=PaperRow(1, "SB adds", versus="no SB"))]
+    ap = {"focal": (0.75, 0.76, 0.74), "no SB": (0.60, 0.62, 0.61), "SB": (0.62, 0.64, 0.63)}
+    metrics = ("AP", "AP50", "AP75", "AP90", "oLRP")
+    records = {(c, s): {"metrics": dict.fromkeys(metrics, v[s]), "minutes": 1.0, "late": {}}
+               for c, v in ap.items() for s in range(3)}
+    rows = {r["cell"]: r for r in aggregate("ranking", cells, records)}
+    sb = rows["SB"]
+    assert sb["verdict"] == "worse" and sb["dAP_mean"] == pytest.approx(-0.12)  # against focal
+    # against no SB: +0.02 in every pair, std 0 -> an interval of zero width above 0
+    assert sb["paper_versus"] == "no SB" and sb["paper_dAP_mean"] == pytest.approx(0.02)
+    assert sb["vs_paper"] == "agrees (vs no SB: +0.020 [+0.020, +0.020])"
+    assert rows["no SB"]["vs_paper"] == "" and rows["no SB"]["paper_versus"] == ""

@@ -23,11 +23,13 @@ SGD = ("--optimizer", "sgd", "--lr", "0.06", "--weight-decay", "0.0001")
 
 @dataclass(frozen=True)
 class PaperRow:
-    """What the paper reports for a row against its reference: ``sign`` +1 (better), -1 (worse),
-    0 (no change) or None (no direction stated), and the words with the source."""
+    """What the paper reports for a row: ``sign`` +1 (better), -1 (worse), 0 (no change) or None
+    (no direction stated), the words with the source, and the cell the paper compares the row
+    with (``versus``; None: the row's reference)."""
 
     sign: int | None
     text: str
+    versus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,22 +115,23 @@ def alwa_cells(alwa_intervals: tuple[int, ...]) -> list[Cell]:
 def ranking_cells(alwa_intervals: tuple[int, ...]) -> list[Cell]:
     alrp = ("--model", "retinanet", "--cls-loss", "alrp")
     ranking_gain = PaperRow(1, f"{ALRP}: ranking-based losses above focal loss")
+    above_ap_loss = PaperRow(1, f"{ALRP}: aLRP above AP Loss", versus="AP Loss + SmoothL1")
     return _compared_with("focal + SmoothL1", [
         Cell("focal + SmoothL1", FOCAL_SL1, "MaxIoU"),
         Cell("AP Loss + SmoothL1", (*RETINANET, "--cls-loss", "ap", "--reg-loss", "smooth_l1"), "MaxIoU",
              paper=ranking_gain),
         Cell("aLRP (IoU), no SB", (*alrp, "--assigner", "maxiou", "--alrp-iou", "iou", "--weighting", "fixed"),
-             "MaxIoU", paper=PaperRow(1, f"{ALRP}: aLRP above AP Loss, which is above focal")),
+             "MaxIoU", paper=above_ap_loss),
         Cell("aLRP (IoU) + SB", (*alrp, "--assigner", "maxiou", "--alrp-iou", "iou"), "MaxIoU",
-             paper=PaperRow(1, f"{ALRP}: SB adds to aLRP without SB")),
+             paper=PaperRow(1, f"{ALRP}: SB adds to aLRP without SB", versus="aLRP (IoU), no SB")),
         Cell("aLRP (GIoU), no SB", (*alrp, "--assigner", "maxiou", "--weighting", "fixed"), "MaxIoU",
-             paper=PaperRow(1, f"{ALRP}: aLRP above AP Loss, which is above focal")),
+             paper=above_ap_loss),
         Cell("aLRP (GIoU) + SB", (*alrp, "--assigner", "maxiou"), "MaxIoU",
-             paper=PaperRow(1, f"{ALRP}: SB adds to aLRP without SB")),
+             paper=PaperRow(1, f"{ALRP}: SB adds to aLRP without SB", versus="aLRP (GIoU), no SB")),
         Cell("focal + SmoothL1, ATSS", ("--model", "retinanet", "--assigner", "atss", "--reg-loss", "smooth_l1"),
              "ATSS", paper=PaperRow(1, "ATSS paper: ATSS above MaxIoU for RetinaNet")),
         Cell("aLRP (GIoU) + SB, ATSS", (*alrp, "--assigner", "atss"), "ATSS",
-             paper=PaperRow(1, f"{ALRP}: ATSS adds to aLRP + SB")),
+             paper=PaperRow(1, f"{ALRP}: ATSS adds to aLRP + SB", versus="aLRP (GIoU) + SB")),
     ])
 
 

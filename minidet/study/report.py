@@ -54,20 +54,41 @@ def aggregate(study: str, cells: list[Cell], records: dict[tuple[str, int], dict
             row[f"{m}_mean"], row[f"{m}_std"] = iv.mean, iv.std
         row["AP_ci_low"], row["AP_ci_high"] = (lambda iv: (iv.low, iv.high))(mean_interval([r["metrics"]["AP"]
                                                                                          for _, r in runs]))
-        ref = dict(_runs(records, cell.ref))
-        diff = mean_interval([r["metrics"]["AP"] - ref[s]["metrics"]["AP"] for s, r in runs if s in ref])
+        diff = _paired_diff(runs, records, cell.ref)
         is_ref = cell.name == cell.ref
-        pending = {0: "not run yet", 1: "1 pair: no interval yet"}.get(diff.n)  # a partial study
         row.update(pairs=diff.n, dAP_mean=diff.mean, dAP_std=diff.std, dAP_ci_low=diff.low, dAP_ci_high=diff.high,
-                   verdict="ref" if is_ref else pending or verdict(diff),
-                   paper=cell.paper.text if cell.paper else "",
-                   vs_paper="" if is_ref or not cell.paper else pending or direction_agreement(diff, cell.paper.sign))
+                   verdict="ref" if is_ref else _pending(diff) or verdict(diff))
+        row.update(_paper_columns(cell, runs, records, diff, is_ref))
         row["minutes_mean"] = mean_interval([r["minutes"] for _, r in runs]).mean
         for _, key, _ in EXTRAS.get(study, []):
             iv = mean_interval([r["late"].get(key) for _, r in runs])
             row[f"{key}_mean"], row[f"{key}_std"] = iv.mean, iv.std
         rows.append(row)
     return rows
+
+
+def _paired_diff(runs: list[tuple[int, dict]], records: dict, other: str):
+    """AP of ``runs`` minus AP of cell ``other`` with the same seed: the paired interval."""
+    ref = dict(_runs(records, other))
+    return mean_interval([r["metrics"]["AP"] - ref[s]["metrics"]["AP"] for s, r in runs if s in ref])
+
+
+def _pending(diff) -> str | None:
+    return {0: "not run yet", 1: "1 pair: no interval yet"}.get(diff.n)  # a partial study
+
+
+def _paper_columns(cell: Cell, runs: list[tuple[int, dict]], records: dict, diff, is_ref: bool) -> dict:
+    """paper, vs_paper and the paired ΔAP to the cell the paper compares the row with
+    (``PaperRow.versus``; the row's own ΔAP when that is its reference)."""
+    versus = cell.paper.versus if cell.paper and cell.paper.versus else cell.ref
+    if versus != cell.ref:
+        diff = _paired_diff(runs, records, versus)
+    cols = {"paper": cell.paper.text if cell.paper else "", "paper_versus": versus if cell.paper else "",
+            "paper_dAP_mean": diff.mean, "paper_ci_low": diff.low, "paper_ci_high": diff.high}
+    agreement = "" if is_ref or not cell.paper else _pending(diff) or direction_agreement(diff, cell.paper.sign)
+    if agreement and versus != cell.ref:
+        agreement += f" (vs {versus}: {_pm(diff.mean, float('nan'), signed=True)} {_ci(diff.low, diff.high)})"
+    return {**cols, "vs_paper": agreement}
 
 
 def convergence(cells: list[Cell], records: dict[tuple[str, int], dict]) -> dict | None:
@@ -138,7 +159,9 @@ def markdown(study: str, title: str, rows: list[dict], header_lines: list[str]) 
               "AP of the reference cell with the same seed (same initialisation and data order), mean ± std over "
               "the pairs, with the 95% Student-t interval of the mean difference; verdict 'better' / 'worse' only "
               "when that interval excludes 0. paper: the direction the paper reports for this row; vs paper: "
-              f"agrees / disagrees / no detectable difference. References: {', '.join(refs) or 'none'}. "
+              "agrees / disagrees / no detectable difference, judged on the paired ΔAP to the cell the paper "
+              "compares the row with (given in brackets with its interval when that is not the reference). "
+              f"References: {', '.join(refs) or 'none'}. "
               "train min = training wall clock per run."]
     lines += [f"{h}: {why}." for h, _, why in extras]
     return "\n".join(lines) + "\n"
