@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import plots
 from ..diagnostics import WindowStats
 from .grids import Cell
-from .stats import direction_agreement, mean_interval, verdict
+from .stats import Interval, direction_agreement, mean_interval, verdict
 
 __all__ = ["aggregate", "convergence", "markdown", "write_report", "CONVERGED_RATIO"]
 
@@ -67,17 +67,17 @@ def aggregate(study: str, cells: list[Cell], records: dict[tuple[str, int], dict
     return rows
 
 
-def _paired_diff(runs: list[tuple[int, dict]], records: dict, other: str):
+def _paired_diff(runs: list[tuple[int, dict]], records: dict, other: str) -> Interval:
     """AP of ``runs`` minus AP of cell ``other`` with the same seed: the paired interval."""
     ref = dict(_runs(records, other))
     return mean_interval([r["metrics"]["AP"] - ref[s]["metrics"]["AP"] for s, r in runs if s in ref])
 
 
-def _pending(diff) -> str | None:
+def _pending(diff: Interval) -> str | None:
     return {0: "not run yet", 1: "1 pair: no interval yet"}.get(diff.n)  # a partial study
 
 
-def _paper_columns(cell: Cell, runs: list[tuple[int, dict]], records: dict, diff, is_ref: bool) -> dict:
+def _paper_columns(cell: Cell, runs: list[tuple[int, dict]], records: dict, diff: Interval, is_ref: bool) -> dict:
     """paper, vs_paper and the paired ΔAP to the cell the paper compares the row with
     (``PaperRow.versus``; the row's own ΔAP when that is its reference)."""
     versus = cell.paper.versus if cell.paper and cell.paper.versus else cell.ref
