@@ -67,7 +67,7 @@ def test_a_paper_claim_against_another_cell_is_judged_on_that_pair():
     """The claim 'SB adds to aLRP without SB' is judged on SB minus no SB (same seeds), not on
     the row's ΔAP to the study's reference (focal), which here is clearly negative."""
     from minidet.study.grids import Cell, PaperRow
-    from minidet.study.report import aggregate
+    from minidet.study.report import aggregate, markdown
 
     cells = [Cell("focal", (), ref="focal"), Cell("no SB", (), ref="focal"),
              Cell("SB", (), ref="focal", paper=PaperRow(1, "SB adds", versus="no SB"))]
@@ -80,5 +80,7 @@ def test_a_paper_claim_against_another_cell_is_judged_on_that_pair():
     assert sb["verdict"] == "worse" and sb["dAP_mean"] == pytest.approx(-0.12)  # against focal
     # against no SB: +0.02 in every pair, std 0 -> an interval of zero width above 0
     assert sb["paper_versus"] == "no SB" and sb["paper_dAP_mean"] == pytest.approx(0.02)
-    assert sb["vs_paper"] == "agrees (vs no SB: +0.020 [+0.020, +0.020])"
+    assert sb["vs_paper"] == "agrees"
     assert rows["no SB"]["vs_paper"] == "" and rows["no SB"]["paper_versus"] == ""
+    table = markdown("ranking", "t", list(rows.values()), [])
+    assert "| SB adds | agrees (vs no SB: +0.020 [+0.020, +0.020]) |" in table

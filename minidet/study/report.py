@@ -86,9 +86,15 @@ def _paper_columns(cell: Cell, runs: list[tuple[int, dict]], records: dict, diff
     cols = {"paper": cell.paper.text if cell.paper else "", "paper_versus": versus if cell.paper else "",
             "paper_dAP_mean": diff.mean, "paper_ci_low": diff.low, "paper_ci_high": diff.high}
     agreement = "" if is_ref or not cell.paper else _pending(diff) or direction_agreement(diff, cell.paper.sign)
-    if agreement and versus != cell.ref:
-        agreement += f" (vs {versus}: {_pm(diff.mean, float('nan'), signed=True)} {_ci(diff.low, diff.high)})"
     return {**cols, "vs_paper": agreement}
+
+
+def _vs_paper_cell(row: dict) -> str:
+    """The "vs paper" entry; with the pair it was judged on when that is not the row's reference."""
+    if not row["vs_paper"] or row["paper_versus"] in ("", row["ref"]):
+        return row["vs_paper"]
+    return (f"{row['vs_paper']} (vs {row['paper_versus']}: {_pm(row['paper_dAP_mean'], float('nan'), signed=True)} "
+            f"{_ci(row['paper_ci_low'], row['paper_ci_high'])})")
 
 
 def convergence(cells: list[Cell], records: dict[tuple[str, int], dict]) -> dict | None:
@@ -149,7 +155,7 @@ def markdown(study: str, title: str, rows: list[dict], header_lines: list[str]) 
         is_ref = r["verdict"] == "ref"
         cells = [r["group"], r["cell"], str(r["n"]), *(_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS),
                  "ref" if is_ref else _pm(r["dAP_mean"], r["dAP_std"], signed=True),
-                 "" if is_ref else _ci(r["dAP_ci_low"], r["dAP_ci_high"]), r["verdict"], r["paper"], r["vs_paper"],
+                 "" if is_ref else _ci(r["dAP_ci_low"], r["dAP_ci_high"]), r["verdict"], r["paper"], _vs_paper_cell(r),
                  *(_pm(r[f"{k}_mean"], r[f"{k}_std"], 2) for _, k, _ in extras),
                  "n/a" if r["minutes_mean"] != r["minutes_mean"] else f"{r['minutes_mean']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
