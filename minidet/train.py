@@ -33,6 +33,7 @@ from .configuration import (
     resolve,
 )
 from .data import EvalTransform, TrainTransform, build_dataset
+from .data.loader import train_batches
 from .data.mosaic import Mosaic
 from .data.problems import DataError
 from .data.transforms import AUGMENTS
@@ -45,6 +46,7 @@ from .engine.checkpoint import (
 )
 from .engine.precision import AMP_CHOICES, resolve_amp
 from .engine.resources import plan_cpu_use
+from .engine.run_plan import RunPlan, plan_run
 from .engine.run_state import seed_everything
 from .engine.trainer import Trainer, TrainingError
 from .evaluation.per_class import lagging_class_warnings, per_class_results, per_class_table
@@ -371,15 +373,37 @@ def build_datasets(args):
     return train_set, val_set
 
 
-def build_training_model(args, train_set, resume: dict | None, world: int) -> torch.nn.Module:
+def plan_training(args, train_set, world: int) -> RunPlan:
+    """The run's plan (``plan_run``) for the training set under ``world`` processes, its lines
+    printed, and the training set's mosaic (``--mosaic``), off in the last tenth of the plan's
+    epochs (at least one)."""
+    batches = train_batches(len(train_set), args.batch_size, world)
+    if batches == 0:
+        raise TrainingError(f"the training split has {len(train_set)} image(s) for {world} process(es): too few "
+                            f"for one training batch (a last batch of a single image per process is dropped unless "
+                            f"--batch-size is 1) — add images", every_process=True)
+    plan, lines = plan_run(args, batches)
+    if is_main() and lines:
+        print("\n".join(lines))
+    if args.mosaic > 0:
+        epochs, close = plan.epochs, max(1, round(plan.epochs / 10))
+        train_set.mosaic = Mosaic(size=args.img_size, p=args.mosaic, until_epoch=epochs - close, seed=args.seed)
+        if is_main():
+            print(f"mosaic: p {args.mosaic:g} in epochs 1-{epochs - close}, whole images in the last {close}"
+                  if epochs > close else f"mosaic: off ({epochs} epoch(s): the last {close} use whole images)")
+    return plan
+
+
+def build_training_model(args, train_set, resume: dict | None, world: int, plan: RunPlan) -> torch.nn.Module:
     """The detector of the configuration: anchors fitted to the data (``--anchors auto``, a new
-    run only), SyncBatchNorm under DDP with ``--sync-bn``, and the ``--weights`` it fine-tunes."""
+    run only), SyncBatchNorm under DDP with ``--sync-bn``, and the ``--weights`` it fine-tunes.
+    A self-balancing weighting's period defaults to one epoch of ``plan``."""
     if args.anchors == "auto" and resume is None:  # (a resumed run keeps its saved, fitted anchors)
         summary = fit_for_config(vars(args), train_set.records, preset_values(vars(args)))
         if is_main():
             print(summary)
     model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,
-                        **model_options(vars(args)))
+                        sb_period=plan.batches_per_epoch, **model_options(vars(args)))
     if args.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.weights and resume is None:
@@ -440,7 +464,8 @@ def main(argv=None) -> int:
     try:
         run_dir = Path(args.resume).parent if args.resume else run_dir_for(args)
         train_set, val_set = build_datasets(args)
-        model = build_training_model(args, train_set, resume, world)
+        plan = plan_training(args, train_set, world)
+        model = build_training_model(args, train_set, resume, world, plan)
         model.to(device)
         config = dict(model.config)
         if is_main():
@@ -448,9 +473,8 @@ def main(argv=None) -> int:
                   f"parameters; {len(train_set)} training images, {train_set.num_classes} classes; run folder {run_dir}")
             print(f"{device.type}: {threads} thread(s) per process, {args.loader_workers} DataLoader worker(s)")
         args.data_spec = data_spec(args)  # what evaluation of the checkpoint must load again
-        trainer = Trainer(args, model, train_set, val_set, run_dir, device, train_set.class_names, config)
-        # after the Trainer: its plan settles the run's length (epochs / iters) and eval_interval "auto"
-        resolved = {k: v for k, v in {**vars(args), **trainer.plan.saved_values()}.items()
+        trainer = Trainer(args, model, plan, train_set, val_set, run_dir, device, train_set.class_names, config)
+        resolved = {k: v for k, v in {**vars(args), **plan.saved_values()}.items()
                     if k not in ("config", "loader_workers", "data_spec")}
         if is_main():
             if resume is None:  # the run's configuration is written once, when it starts
@@ -459,13 +483,6 @@ def main(argv=None) -> int:
             if resume is not None:
                 print(f"resuming with the saved configuration{'; changed by flags: ' if changed else ''}"
                       + "; ".join(changed))
-        epochs = trainer.plan.epochs
-        if args.mosaic > 0:  # after the Trainer: its plan derives the epochs of --iters (workers start in fit())
-            close = max(1, round(epochs / 10))
-            train_set.mosaic = Mosaic(size=args.img_size, p=args.mosaic, until_epoch=epochs - close, seed=args.seed)
-            if is_main():
-                print(f"mosaic: p {args.mosaic:g} in epochs 1-{epochs - close}, whole images in the last {close}"
-                      if epochs > close else f"mosaic: off ({epochs} epoch(s): the last {close} use whole images)")
         if resume is not None:
             trainer.restore(resume)
             if is_main():

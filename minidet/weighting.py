@@ -243,8 +243,8 @@ class SelfBalance(_DeviceHistory, LossWeighting):
     SB starts at ``init`` (50). Recorded steps (those with positives) store the float values
     of cls and of the unweighted reg. When a period of ``period`` steps ends, SB becomes
     (mean reg + mean cls) / mean reg over the period, the records are cleared, and the new SB
-    already applies to the step that completed the period. ``period=None``: one epoch — the
-    trainer sets ``period`` to its steps per epoch (or calls ``end_period()`` itself).
+    already applies to the step that completed the period. ``period=None``: only
+    ``end_period()`` closes a period (``python -m minidet.train`` builds it with one epoch's steps).
     Records and SB live on the device; the step counter ``steps`` also has a host copy (read
     from the buffer once after a ``load_state_dict``), so the period end needs no sync.
     """
@@ -361,4 +361,5 @@ def build_weighting(name: str | None, options: dict | None = None, **model_optio
             takers = [n for n, m in WEIGHTINGS.items() if "loss_weights" in _model_options(m)]
             raise ValueError(f"loss_weights set the weights of {' / '.join(takers)}; the {name} weighting sets its own")
     checked_options("weighting", name, make, options)
-    return make(**{kw: given[opt] for opt, kw in reads.items() if opt in given}, **(options or {}))
+    # (an option given by name wins over the model option that would set the same keyword)
+    return make(**{kw: given[opt] for opt, kw in reads.items() if opt in given} | (options or {}))

@@ -13,7 +13,7 @@ from train_helpers import interrupt_at
 from minidet.api import load
 from minidet.configuration import ConfigError, lr_step_fractions, resolve
 from minidet.data import build_loader
-from minidet.data.loader import left_out
+from minidet.data.loader import left_out, train_batches
 from minidet.engine.checkpoint import (
     CheckpointError,
     checkpoint_weights,
@@ -109,6 +109,20 @@ def test_warmup_cap_and_short_run_rules():
 def test_the_no_flag_run_keeps_its_1500_steps():
     loader = build_loader(list(range(2000)), 16, train=True, resumable=True)
     assert len(loader) * 12 == 1500 and left_out(loader, 2000) is None
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_train_batches_is_the_training_loaders_length(world, monkeypatch):
+    """The run plan is made before any loader: ``train_batches`` must give the length of the
+    loader build_loader makes (torch's DistributedSampler shards under ``world`` processes)."""
+    if world > 1:
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: world)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 0)
+    for n in (1, 2, 3, 5, 16, 17, 33, 34, 45, 2000):
+        for batch in (1, 2, 8, 16):
+            loader = build_loader(list(range(n)), batch, train=True, resumable=True, pin_memory=False)
+            assert train_batches(n, batch, world) == len(loader) == len(list(loader.batch_sampler)), (n, batch)
 
 
 @pytest.mark.parametrize("resumable", [True, False])

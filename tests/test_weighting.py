@@ -112,3 +112,22 @@ def test_uncertainty_weighting_values_and_gradients():
     # d/ds (0.5 e^-s L + s/2) at s = 0, L = 2 is -0.5
     assert uw.log_vars["reg"].grad.item() == pytest.approx(-0.5)
     assert len(list(uw.parameters())) == 2
+
+
+
+@pytest.mark.parametrize(("flags", "left"), [([], 0), (["--weighting", "self_balance"], 0),
+                                             (["--weighting-option", "period=2"], 1)])
+def test_alrp_self_balance_closes_its_period_after_one_epoch_of_training(tmp_path, flags, left):
+    """aLRP's SB, its default or named, is built with one epoch's steps as its period (40 images
+    at batch 8: 5 steps, the period closed at step 5, no records left); a period given by name
+    wins (2: closed at steps 2 and 4, step 5's record left)."""
+    from minidet.engine.checkpoint import load_checkpoint
+    from minidet.train import main
+
+    run = tmp_path / "run"
+    argv = ["--shapes-images", "40", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--quiet",
+            "--device", "cpu", "--val-split", "none", "--epochs", "1", "--cls-loss", "alrp", "--out", str(run)]
+    assert main([*argv, *flags]) == 0
+    state = load_checkpoint(run / "last.pt")["criterion"]
+    assert int(state["weighting.steps"]) == 5 and float(state["weighting.sb"]) != 50.0
+    assert len(state["weighting._extra_state"]["cls_history"]) == left

@@ -31,7 +31,7 @@ from torch.utils.data import (
 
 from .dataset import DetectionDataset
 
-__all__ = ["collate", "build_loader", "seed_worker", "EpochSampler", "ShardSampler", "train_drop_last", "left_out"]
+__all__ = ["collate", "build_loader", "seed_worker", "EpochSampler", "ShardSampler", "train_drop_last", "train_batches", "left_out"]
 
 
 class EpochSampler(DistributedSampler):
@@ -132,6 +132,16 @@ def train_drop_last(per_process: int, batch_size: int) -> bool:
     """Whether a training epoch of ``per_process`` images per process drops its last partial
     batch: only when that batch would hold a single image (see the module docstring)."""
     return batch_size > 1 and per_process % batch_size == 1
+
+
+def train_batches(n_images: int, batch_size: int, world: int = 1) -> int:
+    """Batches per epoch of each process in a training loader that ``build_loader`` makes over
+    ``n_images`` under ``world`` processes: floor(n_images / world) images per process, the last
+    partial batch kept unless ``train_drop_last`` drops it. Known before any loader exists (the run
+    plan needs it to build the model)."""
+    per_process = n_images // world
+    full, rest = divmod(per_process, batch_size)
+    return full + (rest > 0 and not train_drop_last(per_process, batch_size))
 
 
 def left_out(loader: DataLoader, n_images: int, world: int = 1) -> str | None:

@@ -36,11 +36,11 @@ class RunPlan:
         return iteration >= self.total_iters if self.iters else epoch >= self.epochs
 
 
-def plan_run(cfg, batches_per_epoch: int, left_out: str | None = None) -> tuple[RunPlan, list[str]]:
-    """The plan of a resolved configuration ``cfg`` (namespace) and the lines the main process
-    prints about it: the derived epochs of ``--iters`` (ceil(iters / batches per epoch)), custom
-    data raised to ``min_iters`` steps, the images an epoch leaves out (``left_out``), the warmup
-    cap and a run too short to learn (``short_run_warning``)."""
+def plan_run(cfg, batches_per_epoch: int) -> tuple[RunPlan, list[str]]:
+    """The plan of a resolved configuration ``cfg`` (namespace) for ``batches_per_epoch``
+    (``data.loader.train_batches``, >= 1) and the lines the main process prints about it: the
+    derived epochs of ``--iters`` (ceil(iters / batches per epoch)), custom data raised to
+    ``min_iters`` steps, the warmup cap and a run too short to learn (``short_run_warning``)."""
     lines, iters, epochs = [], cfg.iters, cfg.epochs
     if not iters and cfg.min_iters and epochs * batches_per_epoch < cfg.min_iters:
         lines.append(f"run length: {epochs} epochs of {batches_per_epoch} batches are {epochs * batches_per_epoch} "
@@ -59,8 +59,6 @@ def plan_run(cfg, batches_per_epoch: int, left_out: str | None = None) -> tuple[
         total = epochs * batches_per_epoch
     warmup = capped_warmup(cfg.warmup_iters, total)
     interval = max(1, math.ceil(epochs / 10)) if cfg.eval_interval == "auto" else cfg.eval_interval  # ~10 per run
-    if left_out:
-        lines.append(f"train data: {left_out}")
     if warmup < cfg.warmup_iters and total > 0:
         lines.append(f"warmup: {cfg.warmup_iters} -> {warmup} iterations (at most {WARMUP_MAX_FRACTION:.0%} of the "
                      f"{total}-iteration run)")

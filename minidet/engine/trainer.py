@@ -25,7 +25,6 @@ from ..data import build_loader
 from ..data.loader import left_out
 from ..data.problems import CountSkips, record_skipped
 from ..distributed import is_main, world_size
-from ..weighting import SelfBalance
 from .checkpoint import remove_stale_temp_files
 from .ema import ModelEMA
 from .hooks import EMAHook, EvalHook, LoggingHook, TrainerBase
@@ -34,7 +33,7 @@ from .logger import RunLogger
 from .loss_step import _LossStep
 from .optim import build_optimizer, trainable_parameters
 from .precision import amp_dtype
-from .run_plan import plan_run
+from .run_plan import RunPlan
 from .run_state import RunCheckpoints, TrainState, rng_state
 from .schedule import build_scheduler
 from .step_guard import StepGuard, TrainingError
@@ -47,30 +46,23 @@ class Trainer(TrainerBase):
     """Owns the model, optimiser, schedule, scaler, EMA, loaders, logs and checkpoints.
 
     ``args``: the resolved configuration (train.main's namespace, with ``loader_workers`` and
-    ``data_spec``), never changed (the run's length is ``self.plan``); ``run_dir`` gets last.pt,
+    ``data_spec``), never changed; ``plan``: the run's length (``run_plan.plan_run``); ``run_dir`` gets last.pt,
     best.pt, config.yaml, metrics.jsonl / .csv and plots."""
 
-    def __init__(self, args, model: nn.Module, train_set, val_set, run_dir: Path, device: torch.device,
-                 class_names: list[str], config: dict) -> None:
+    def __init__(self, args, model: nn.Module, plan: RunPlan, train_set, val_set, run_dir: Path,
+                 device: torch.device, class_names: list[str], config: dict) -> None:
         super().__init__()
-        self.args, self.model, self.device, self.run_dir = args, model, device, run_dir
+        self.args, self.model, self.plan, self.device, self.run_dir = args, model, plan, device, run_dir
         self.train_set, self.val_set = train_set, val_set
         self.class_names, self.config = class_names, config
         self.state = TrainState()
         self._build_loaders()
         self.optimizer = build_optimizer(model, args)  # decay for conv / linear weights only (see parameter_groups)
         self._trainable = trainable_parameters(model)  # what the optimizer updates (and clipping sees)
-        self.plan, lines = plan_run(args, len(self.train_loader),
-                                    left_out(self.train_loader, len(train_set), world_size()) if is_main() else None)
-        if is_main() and lines:
-            print("\n".join(lines))
         self.scheduler = self._scheduler()
         self.amp_dtype = amp_dtype(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(model) if args.ema else None
-        for m in model.criterion.modules():  # aLRP's SB: one period = one epoch unless given
-            if isinstance(m, SelfBalance) and m.period is None:
-                m.period = len(self.train_loader)
         # DDP: the loss normaliser is the positive count averaged over processes (an all_reduce
         # inside the loss, for the training forward only; see Criterion.normalizer_synced)
         self.step_module = _LossStep(model, sync_normalizer=world_size() > 1)
@@ -84,17 +76,19 @@ class Trainer(TrainerBase):
         divisor, workers = self.model.size_divisor, args.loader_workers
         self.train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
                                          resumable=True, size_divisor=divisor)
-        if len(self.train_loader) == 0:
-            raise TrainingError(f"the training split has {len(train_set)} image(s) for {world_size()} process(es): "
-                                f"too few for one training batch (a last batch of a single image per process is "
-                                f"dropped unless --batch-size is 1) — add images", every_process=True)
+        if len(self.train_loader) != self.plan.batches_per_epoch:
+            raise RuntimeError(f"the plan's {self.plan.batches_per_epoch} batches per epoch are not the loader's "
+                               f"{len(self.train_loader)}")
+        dropped = left_out(self.train_loader, len(train_set), world_size())
+        if dropped and is_main():
+            print(f"train data: {dropped}")
         self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=workers,
                                                    size_divisor=divisor), val_set.report, "val data")
                            if val_set else None)
 
     def _build_parts(self) -> None:
         """Logs, Ctrl-C handling, checkpoints, the step guard, validation and the hooks (the run
-        folder is made here: a configuration refused by ``plan_run`` leaves none behind)."""
+        folder is made here: a configuration refused earlier leaves none behind)."""
         if is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = RunLogger(self.run_dir, self.args.tensorboard, plots=self.args.plots) if is_main() else None

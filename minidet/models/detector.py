@@ -183,7 +183,7 @@ class ModelOptions:
     weighting_options: dict | None = None  # the scheme's constructor arguments (--weighting-option)
     assigner_options: dict | None = None  # the assigner's constructor arguments (--assigner-option)
     alwa_interval: int = 100
-    sb_period: int | None = None  # self-balance's update period; None: once per epoch
+    sb_period: int | None = None  # self-balance's update period in steps (train.main: one epoch's)
     loss_weights: tuple[float, float] | None = None  # (cls, reg): fixed weights, or ALWA's initial ones
     alrp_iou: str = "giou"  # "giou" or "iou"
     neg_pos_ratio: float | None = 3.0  # SSD hard negatives per positive; None: no mining, every negative
@@ -261,6 +261,9 @@ def _criterion(family: Family, opts: ModelOptions, coder) -> nn.Module:
                          f"{', '.join(family.assigners)}")
     assigner = build_assigner(opts.assigner, opts.assigner_options, ignore_iof_thr=opts.ignore_iof_thr,
                               boxes_per_cell=opts.boxes_per_cell)
-    weighting = build_weighting(opts.weighting, opts.weighting_options, loss_weights=opts.loss_weights,
+    name = opts.weighting
+    if name is None and opts.loss_weights is None and opts.cls_loss in RANKING_LOSSES:
+        name = RANKING_LOSSES[opts.cls_loss].weighting  # the loss's own scheme, built with the options (SB's period)
+    weighting = build_weighting(name, opts.weighting_options, loss_weights=opts.loss_weights,
                                 alwa_interval=opts.alwa_interval, sb_period=opts.sb_period)
     return family.build_criterion(opts, assigner, weighting, coder)
