@@ -46,8 +46,8 @@ class Trainer(TrainerBase):
     """Owns the model, optimiser, schedule, scaler, EMA, loaders, logs and checkpoints.
 
     ``args``: the resolved configuration (train.main's namespace, with ``loader_workers`` and
-    ``data_spec``), never changed; ``plan``: the run's length (``run_plan.plan_run``); ``run_dir`` gets last.pt,
-    best.pt, config.yaml, metrics.jsonl / .csv and plots."""
+    ``data_spec``), never changed; ``plan``: the run's length (``run_plan.plan_run``); ``run_dir``
+    gets last.pt, best.pt, config.yaml, metrics.jsonl / .csv and plots."""
 
     def __init__(self, args, model: nn.Module, plan: RunPlan, train_set, val_set, run_dir: Path,
                  device: torch.device, class_names: list[str], config: dict) -> None:
