@@ -79,8 +79,8 @@ class Trainer(TrainerBase):
         if len(self.train_loader) != self.plan.batches_per_epoch:
             raise RuntimeError(f"the plan's {self.plan.batches_per_epoch} batches per epoch are not the loader's "
                                f"{len(self.train_loader)}")
-        dropped = left_out(self.train_loader, len(train_set), world_size())
-        if dropped and is_main():
+        dropped = left_out(self.train_loader, len(train_set), world_size()) if is_main() else None
+        if dropped:
             print(f"train data: {dropped}")
         self.val_loader = (CountSkips(build_loader(val_set, args.batch_size, train=False, workers=workers,
                                                    size_divisor=divisor), val_set.report, "val data")
