@@ -58,7 +58,7 @@ def run_flags(budget: Budget, study: Study, cell: Cell, seed: int, data: str, de
     schedule = budget.schedule_flags(cell.schedule, reference_iterations)
     if cell.schedule != 1 and not schedule:
         return None
-    return [*COMMON, *budget.flags, *study.flags, *cell.flags, "--data", data, "--device", device,
+    return [*COMMON, *study.flags, *budget.flags, *cell.flags, "--data", data, "--device", device,
             "--seed", str(seed), *schedule]
 
 
@@ -109,12 +109,14 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
                     continue
                 run_dir = tag_dir / f"{run_key(flags)}-seed{seed}"
                 jobs.setdefault(run_dir, Job(run_dir, flags)).users.append((study.name, cell, seed))
-    # the convergence check first (the reference at 1x and 2x): it says whether the tables can be trusted
-    def in_check(job: Job) -> bool:
-        return any(c.schedule != 1 or (c.name == STUDIES[name].reference and seed in seeds[:CHECK_SEEDS])
-                   for name, c, seed in job.users)
+    # the convergence check first (the reference at 1x and 2x): it says whether the tables can be trusted;
+    # its 2x runs before its 1x runs, so that runs side by side end together
+    def order(job: Job) -> tuple[bool, int]:
+        in_check = any(c.schedule != 1 or (c.name == STUDIES[name].reference and seed in seeds[:CHECK_SEEDS])
+                       for name, c, seed in job.users)
+        return not in_check, -max(c.schedule for _, c, _ in job.users) if in_check else 0
 
-    return dict(sorted(jobs.items(), key=lambda item: not in_check(item[1])))
+    return dict(sorted(jobs.items(), key=lambda item: order(item[1])))
 
 
 def recorded_runs(args, budget: Budget) -> dict[str, dict]:
@@ -211,7 +213,7 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
     header = [f"Budget `{budget.name}`: {budget.note}. Data: `{args.data}`.",
               f"Command: `python -m minidet.study {study.name} --budget {budget_arg}"
               + (f" --data {args.data}" if args.data != budget.data else "") + "`.",
-              f"Flags of every run: `{' '.join([*COMMON, *budget.flags, *study.flags])}`, then each cell's own "
+              f"Flags of every run: `{' '.join([*COMMON, *study.flags, *budget.flags])}`, then each cell's own "
               "flags (minidet/study/grids.py), `--seed S`, and the evaluation interval.",
               f"Hardware: {hardware}.",
               "Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): "

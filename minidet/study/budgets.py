@@ -11,6 +11,9 @@ data). Any other budget is a YAML file::
     eval_interval: 2        # epochs between evaluations (the AP-vs-iteration curves)
     data: shapes            # optional; --data replaces it
     results: ../results     # optional: where the tables go, relative to the file
+
+A run's flags are the study's own (the SGD studies' optimizer and learning rate), then the
+budget's, then the cell's: a budget may set the learning rate its schedule needs.
 """
 
 from __future__ import annotations
