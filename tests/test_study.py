@@ -152,6 +152,26 @@ def test_the_convergence_check_doubles_the_schedule():
     assert trainer_decides.schedule_flags(2, reference_iterations=1000) == ["--iters", "2000"]
 
 
+def test_a_budgets_learning_rate_reaches_the_trainer_over_the_studys_own(tmp_path):
+    from types import SimpleNamespace
+
+    from minidet.study.__main__ import plan
+    from minidet.study.budgets import Budget
+    from minidet.train import build_parser
+
+    budget = Budget("b", ("--epochs", "48", "--lr", "0.12"), (0, 1), "", eval_interval=8)
+    args = SimpleNamespace(cells=["convergence check"], data="shapes", device="cpu", work=tmp_path / "work",
+                           results=tmp_path / "results", tag="b")
+    jobs = list(plan(args, [STUDIES["alwa"]], budget, (0, 1), {"alwa": {}}).values())
+    assert len(jobs) == 4
+    for job in jobs:
+        parsed = build_parser().parse_args(job.flags)
+        assert parsed.optimizer == "sgd" and parsed.lr == 0.12  # the study's "--lr 0.06" comes first
+    # the 2x runs start first, so the two pairs side by side end together
+    assert [job.users[0][1].schedule for job in jobs] == [2, 2, 1, 1]
+    assert [build_parser().parse_args(job.flags).epochs for job in jobs] == [96, 96, 48, 48]
+
+
 def test_a_run_another_study_recorded_is_not_trained_again(quick_all, tmp_path):
     """The ranking study's focal runs (folders deleted) serve the families study's reference cell;
     the balance study's own cells need their per-iteration series and are trained."""
