@@ -51,6 +51,12 @@ def data_tag(budget: Budget, data: str) -> str:
     return f"{budget.name}-{'shapes' if data == 'shapes' else Path(data).stem}"
 
 
+def shared_flags(budget: Budget, study: Study) -> list[str]:
+    """The flags every run of a study shares: the study's own, then the budget's (so a budget may
+    set the learning rate its schedule needs; the last value of an option wins)."""
+    return [*COMMON, *study.flags, *budget.flags]
+
+
 def run_flags(budget: Budget, study: Study, cell: Cell, seed: int, data: str, device: str,
               reference_iterations: int | None = None) -> list[str] | None:
     """The full ``python -m minidet.train`` flag list of one cell x seed (None: a 2x check whose
@@ -58,7 +64,7 @@ def run_flags(budget: Budget, study: Study, cell: Cell, seed: int, data: str, de
     schedule = budget.schedule_flags(cell.schedule, reference_iterations)
     if cell.schedule != 1 and not schedule:
         return None
-    return [*COMMON, *study.flags, *budget.flags, *cell.flags, "--data", data, "--device", device,
+    return [*shared_flags(budget, study), *cell.flags, "--data", data, "--device", device,
             "--seed", str(seed), *schedule]
 
 
@@ -114,7 +120,7 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
     def order(job: Job) -> tuple[bool, int]:
         in_check = any(c.schedule != 1 or (c.name == STUDIES[name].reference and seed in seeds[:CHECK_SEEDS])
                        for name, c, seed in job.users)
-        return not in_check, -max(c.schedule for _, c, _ in job.users) if in_check else 0
+        return not in_check, (-max(c.schedule for _, c, _ in job.users) if in_check else 0)
 
     return dict(sorted(jobs.items(), key=lambda item: order(item[1])))
 
@@ -213,7 +219,7 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
     header = [f"Budget `{budget.name}`: {budget.note}. Data: `{args.data}`.",
               f"Command: `python -m minidet.study {study.name} --budget {budget_arg}"
               + (f" --data {args.data}" if args.data != budget.data else "") + "`.",
-              f"Flags of every run: `{' '.join([*COMMON, *study.flags, *budget.flags])}`, then each cell's own "
+              f"Flags of every run: `{' '.join(shared_flags(budget, study))}`, then each cell's own "
               "flags (minidet/study/grids.py), `--seed S`, and the evaluation interval.",
               f"Hardware: {hardware}.",
               "Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): "
