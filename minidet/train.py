@@ -419,9 +419,11 @@ def build_training_model(args, train_set, resume: dict | None, world: int, plan:
     return model
 
 
-def report_run(args, trainer: Trainer, result: dict, final: dict | None, minutes: float, train_set) -> None:
+def report_run(args, trainer: Trainer, result: dict, final: dict | None, minutes: float, train_set,
+               this_part: float | None = None) -> None:
     """Rank 0 after training: the final COCO table, per-class AP and warnings, summary.json and
-    where the checkpoints are."""
+    where the checkpoints are. ``minutes``: the run's training wall clock over every resumed part;
+    ``this_part``: since the resume, when it was resumed."""
     run_dir = trainer.run_dir
     summary = {"best_AP": result["best_ap"], "iterations": result["iterations"], "minutes": round(minutes, 2)}
     if final is not None:
@@ -438,8 +440,9 @@ def report_run(args, trainer: Trainer, result: dict, final: dict | None, minutes
     written = [str(run_dir / "last.pt")] if (run_dir / "last.pt").is_file() else []
     if (run_dir / "best.pt").is_file():
         written.append(f"{run_dir / 'best.pt'} (AP {result['best_ap']:.4f})")
-    print(f"done in {minutes:.1f} min; " + (f"checkpoints: {', '.join(written)}" if written else
-                                            "no checkpoint was written (no training epoch ran)"))
+    since = f" ({this_part:.1f} min since the resume)" if this_part is not None else ""
+    print(f"done in {minutes:.1f} min{since}; " + (f"checkpoints: {', '.join(written)}" if written else
+                                                   "no checkpoint was written (no training epoch ran)"))
     if train_set.report.skipped_files:  # lenient: images found unreadable while loading
         print(f"train data: {train_set.report.summary()}")
 
@@ -489,13 +492,14 @@ def main(argv=None) -> int:
                 print(f"resumed from {args.resume}: epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
         t0 = time.perf_counter()
         result = trainer.fit()
-        minutes = (time.perf_counter() - t0) / 60
+        minutes = result["seconds"] / 60  # over every resumed part of the run
+        this_part = (time.perf_counter() - t0) / 60 if resume is not None else None
         final = result["final"]  # the evaluation after the last epoch, or a fresh one (every rank takes part)
         if final is None and val_set is not None:
             final = trainer.evaluate()
         barrier()
         if is_main():
-            report_run(args, trainer, result, final, minutes, train_set)
+            report_run(args, trainer, result, final, minutes, train_set, this_part)
         return 0
     except (DataError, CheckpointError, TrainingError, ConfigError, ValueError, PretrainedWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)

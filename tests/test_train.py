@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,31 @@ def test_resume_repeats_the_uninterrupted_losses(tmp_path, monkeypatch):
     resumed = [r["loss"] for r in records(tmp_path / "cut")]
     assert len(resumed) == len(full) == 8
     assert resumed == full  # bit-identical per-iteration losses on CPU
+
+
+def test_a_resumed_runs_minutes_count_the_part_before_the_interrupt(tmp_path, monkeypatch):
+    """summary.json's minutes: the training wall clock before the Ctrl-C (saved in last.pt) plus
+    the part after the resume, not the resumed part alone."""
+    args = [*TINY, "--epochs", "2", "--val-split", "none", "--out", str(tmp_path / "cut")]
+    original = interrupt_at(monkeypatch, 5)
+    interrupted = Trainer.step
+
+    def slow(self, images, targets):  # the first part takes >= 5 x 0.4 s
+        time.sleep(0.4)
+        return interrupted(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "step", slow)
+    with pytest.raises(SystemExit):
+        main(args)
+    before = load_checkpoint(tmp_path / "cut" / "last.pt")["train_seconds"]
+    assert before >= 2.0
+    monkeypatch.setattr(Trainer, "step", original)
+    t0 = time.perf_counter()
+    assert main(["--resume", str(tmp_path / "cut" / "last.pt"), "--quiet", "--workers", "0"]) == 0
+    after = time.perf_counter() - t0
+    seconds = json.loads((tmp_path / "cut" / "summary.json").read_text())["minutes"] * 60
+    assert before - 0.3 <= seconds <= before + after + 0.3  # (minutes are rounded to 0.01 min: 0.3 s either way)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["train_seconds"] >= before
 
 
 def test_non_finite_losses_are_skipped_then_stop_training(tmp_path, monkeypatch, capsys):

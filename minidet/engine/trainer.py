@@ -12,6 +12,7 @@ state, and the validation detections are scored once, on rank 0."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -56,6 +57,8 @@ class Trainer(TrainerBase):
         self.train_set, self.val_set = train_set, val_set
         self.class_names, self.config = class_names, config
         self.state = TrainState()
+        self.seconds_before = 0.0  # training wall clock of the run's parts before a resume
+        self._started: float | None = None  # perf_counter() when fit started
         self._build_loaders()
         self.optimizer = build_optimizer(model, args)  # decay for conv / linear weights only (see parameter_groups)
         self._trainable = trainable_parameters(model)  # what the optimizer updates (and clipping sees)
@@ -126,7 +129,12 @@ class Trainer(TrainerBase):
             "ema": self.ema.state_dict() if self.ema else None, "train_state": vars(self.state).copy(),
             "criterion": self.model.criterion.state_dict(),  # the loss state, beside the network's weights
             "rng": rng_state(), "args": {**vars(self.args), **self.plan.saved_values()},
+            "train_seconds": self.elapsed_seconds(),  # (like "args", not part of the run's state)
         }
+
+    def elapsed_seconds(self) -> float:
+        """Training wall clock of the run: its parts before a resume and this one."""
+        return self.seconds_before + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     def save(self, name: str, evaluated_weights: bool = False, gather: bool = True) -> None:
         """Write run_dir/name (``RunCheckpoints.save``). ``evaluated_weights``: store the weights
@@ -154,6 +162,7 @@ class Trainer(TrainerBase):
                 print("note: this run was started with weight decay on every parameter (one optimizer group); "
                       "it continues that way")
         self.state = self.checkpoints.load(ckpt, self.model, self.optimizer, self.scheduler, self.scaler, self.ema)
+        self.seconds_before = float(ckpt.get("train_seconds", 0.0))  # (checkpoints before 2026-12-07: 0)
         self.checkpoints.restored(self.args.resume, self.state)
 
     # ------------------------------------------------------------------------ loop
@@ -163,6 +172,7 @@ class Trainer(TrainerBase):
         ``plan.eval_interval`` epochs and after the last one (best.pt keeps the best AP);
         last.pt after every epoch. Ctrl-C: see ``InterruptFlag``; last.pt is then written at the
         next safe point and SystemExit(130) raised."""
+        self._started = time.perf_counter()
         with self.interrupt.installed():
             self.call_hooks("before_train")
             try:
@@ -175,7 +185,8 @@ class Trainer(TrainerBase):
                 self.call_hooks("after_train")
             if self.stop.requested():  # during the last save or while closing the logs
                 self._exit_interrupted(save=False)
-        return {"best_ap": self.state.best_ap, "iterations": self.state.iteration, "final": self.eval_hook.latest}
+        return {"best_ap": self.state.best_ap, "iterations": self.state.iteration, "final": self.eval_hook.latest,
+                "seconds": self.elapsed_seconds()}
 
     def _epochs(self) -> None:
         st = self.state
