@@ -18,6 +18,7 @@ import pytest
 
 from minidet.study.budgets import BUILTIN
 from minidet.study.grids import STUDIES
+from minidet.study.records import run_key
 
 T_975_DF1 = 12.706205  # t_{0.975} with 1 degree of freedom (2 seeds), from the printed table
 COMPARED = ("flags", "iterations", "metrics", "curve", "late")
@@ -95,6 +96,19 @@ def test_rebuild_from_records_trains_nothing(quick_all):
     assert len(precisions) == 1 and precisions <= {"float32", "bf16 autocast"}
     assert f"Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): " \
            f"{precisions.pop()} (18 runs)." in before
+
+
+def test_a_run_that_fills_several_cells_counts_once_in_the_header(quick_all):
+    """alwa's C = 100 and init 1:1 cells are its SmoothL1 ALWA_2 run: the table header counts
+    distinct runs and adds their training minutes once."""
+    root, _, _ = quick_all
+    records = _records(root / "results", "alwa")
+    runs = {run_key(r["flags"]): r for r in records.values()}
+    assert len(runs) < len(records)  # the shared cells
+    table = (root / "results" / "alwa" / "quick.md").read_text()
+    minutes = sum(r["minutes"] for r in runs.values())
+    assert (f"{len(runs)} runs recorded (they fill {len(records)} cell x seed entries); their training time "
+            f"adds up to {minutes:.1f} min.") in table
 
 
 def test_killed_study_resumes_to_the_same_records(quick_all, tmp_path):

@@ -211,10 +211,11 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
     cells = study.cells(budget.alwa_intervals)
     # every recorded seed: more seeds for the decisive cells (--cells, --seeds) stay in the table
     selected = {k: v for k, v in records.items() if k[1] in seeds or k[1] > max(budget.seeds)}
-    machines = Counter(r.get("hardware") or "unknown" for r in selected.values())
+    runs = list({run_key(r["flags"]): r for r in selected.values()}.values())  # a run several cells share: once
+    machines = Counter(r.get("hardware") or "unknown" for r in runs)
     hardware = (next(iter(machines), "unknown") if len(machines) < 2 else  # seeds then pair across machines too
                 "; ".join(f"{h} ({n} runs)" for h, n in machines.most_common()))
-    minutes = sum(r["minutes"] for r in selected.values())
+    minutes = sum(r["minutes"] for r in runs)
     budget_arg = args.budget
     header = [f"Budget `{budget.name}`: {budget.note}. Data: `{args.data}`.",
               f"Command: `python -m minidet.study {study.name} --budget {budget_arg}"
@@ -224,10 +225,12 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
               f"Hardware: {hardware}.",
               "Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): "
               + "; ".join(f"{p} ({n} runs)" for p, n in Counter(r.get("precision", "not recorded")
-                                                                  for r in selected.values()).most_common()) + ".",
+                                                                  for r in runs).most_common()) + ".",
               f"Seeds {', '.join(map(str, sorted({*seeds, *(k[1] for k in selected)})))} (the convergence check: "
               f"the first {CHECK_SEEDS}); "
-              f"{len(selected)} runs recorded; their training time adds up to {minutes:.1f} min."]
+              f"{len(runs)} runs recorded"
+              + (f" (they fill {len(selected)} cell x seed entries)" if len(selected) != len(runs) else "")
+              + f"; their training time adds up to {minutes:.1f} min."]
     window = 100 if budget.name != "quick" else 3
     out = results_dir(args, budget) / study.name
     written = write_report(study.name, study.title, cells, selected, out, args.tag, header, window)
