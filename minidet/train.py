@@ -490,10 +490,9 @@ def main(argv=None) -> int:
             trainer.restore(resume)
             if is_main():
                 print(f"resumed from {args.resume}: epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
-        t0 = time.perf_counter()
         result = trainer.fit()
         minutes = result["seconds"] / 60  # over every resumed part of the run
-        this_part = (time.perf_counter() - t0) / 60 if resume is not None else None
+        this_part = (result["seconds"] - trainer.seconds_before) / 60 if resume is not None else None
         final = result["final"]  # the evaluation after the last epoch, or a fresh one (every rank takes part)
         if final is None and val_set is not None:
             final = trainer.evaluate()
