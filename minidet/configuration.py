@@ -178,7 +178,7 @@ def resolve(flags: Mapping, recipe: Mapping | None = None, saved: Mapping | None
 
 def _custom_data_defaults(cfg: dict, given) -> None:
     """Custom ``--data`` (not the built-in shapes), for what the flags, a recipe or a resumed run
-    leave unset: ``img_size`` "auto" (``minidet.anchor_fit.suggest_img_size`` on the training
+    leave unset: ``img_size`` "auto" (``minidet.class_sizes.plan_img_size`` on the training
     boxes, chosen when the data is read), ``eval_interval`` "auto" (about 10 evaluations per run),
     ``scale_jitter`` the augmentation's own (standard 0.6-1.4, strong 0.5-1.5)
     and, from scratch, ``min_iters`` = ``MIN_STEPS_FROM_SCRATCH``: the preset's 12 epochs or that

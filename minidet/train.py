@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
       "(default: unset, --epochs decides)")
     a("--batch-size", type=int, help="images per batch per process (default 16)")
     a("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: preset small adamw, else sgd)")
-    a("--lr", type=float, help="base learning rate, for --base-batch images (default: SGD 0.01, AdamW 0.003)")
+    a("--lr", type=float, help="base learning rate, for --base-batch images (default: SGD 0.01, AdamW 0.003; "
+      "preset small 0.006)")
     a("--base-batch", type=int, help="images per step (all processes) that --lr is given for; the optimizer "
       "uses lr x images per step / base-batch (default: SGD 16, AdamW unset = no scaling)")
     a("--momentum", type=float, help="SGD momentum (default 0.9)")
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
       "minidet/engine/precision.py; chosen once, saved with the run (default: off; preset small auto)")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     a("--workers", type=_int_or_auto, help="DataLoader processes per training process, or 'auto' (default: on CPU "
-      "none up to 2 cores, else cores / 4, the other cores for the network's threads; on CUDA up to 8)")
+      "none up to 2 cores, else cores / 4 (at most 4), the other cores for the network's threads; on CUDA up to 8)")
     a("--sync-bn", **flag, help="SyncBatchNorm across processes (DDP)")
     a("--channels-last", **flag, help="run the network in channels-last memory format (faster convolutions on "
       "recent GPUs with AMP; default off)")

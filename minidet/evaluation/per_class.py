@@ -32,7 +32,7 @@ def per_class_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def flat_per_class(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """{"AP/<class>": ..., "AP50/<class>": ...}: the keys of metrics.jsonl and results.csv."""
+    """{"AP/<class>": ..., "AP50/<class>": ...}: the keys of metrics.jsonl (``val/`` + key in results.csv)."""
     return {f"{k}/{name}": v for name, r in results.items() for k, v in r.items()}
 
 

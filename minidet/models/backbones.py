@@ -1,4 +1,4 @@
-"""Backbones returning multi-scale feature maps (C3, C4, C5 at strides 8, 16, 32).
+"""Backbones returning multi-scale feature maps (C3, C4, C5 at strides 8, 16, 32; VGG-16 two maps).
 
 - ``resnet18`` / ``resnet34`` / ``resnet50``: torchvision's ResNets (random init by default;
   ``pretrained=True`` loads torchvision's ImageNet weights when they can be downloaded).
