@@ -289,3 +289,26 @@ def test_ctrl_c_stops_the_study_without_starting_another_run(tmp_path):
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out
     assert {p.name for p in work.glob("*/*/*")} == before
+
+
+def test_a_pair_trained_at_two_precisions_is_named_in_the_header(quick_all, tmp_path):
+    """A record from a machine without native bfloat16 (float32) among bfloat16 ones: the header
+    names every compared pair it belongs to — the cell vs its reference, and the rows whose paper
+    direction is judged against it — and no other."""
+    root, _, _ = quick_all
+    (tmp_path / "ranking").mkdir()
+    rows = [json.loads(line) for line in (root / "results" / "ranking" / "quick_runs.jsonl").read_text().splitlines()]
+    changed = ("AP Loss + SmoothL1", 1)
+    for r in rows:
+        if (r["cell"], r["seed"]) == changed:
+            r["precision"] = "float32" if r["precision"] != "float32" else "bf16 autocast"
+    (tmp_path / "ranking" / "quick_runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = subprocess.run(_cmd("ranking", "--budget", "quick", "--no-train", "--work", str(tmp_path / "work"),
+                               "--results", str(tmp_path)), capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "ranking" / "quick.md").read_text()
+    expected = ["AP Loss + SmoothL1 vs focal + SmoothL1, seed 1",  # the aLRP rows without SB: "aLRP above AP Loss"
+                "aLRP (IoU), no SB vs AP Loss + SmoothL1, seed 1", "aLRP (GIoU), no SB vs AP Loss + SmoothL1, seed 1"]
+    assert f"Compared pairs whose two runs differ in precision: {'; '.join(expected)}." in table
+    # the committed rebuild of the same records, one precision: no such line
+    assert "differ in precision" not in (root / "results" / "ranking" / "quick.md").read_text()

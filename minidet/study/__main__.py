@@ -30,7 +30,7 @@ from .budgets import Budget, BudgetError, load_budget
 from .grids import COMMON, STUDIES, Cell, Study
 from .pool import BUSY, StudyPool
 from .records import load_records, record_once, run_key
-from .report import write_report
+from .report import mixed_precision_pairs, write_report
 
 CHECK_SEEDS = 2  # seeds of the convergence check
 
@@ -216,6 +216,7 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
     hardware = (next(iter(machines), "unknown") if len(machines) < 2 else  # seeds then pair across machines too
                 "; ".join(f"{h} ({n} runs)" for h, n in machines.most_common()))
     minutes = sum(r["minutes"] for r in runs)
+    precisions = Counter(r.get("precision", "not recorded") for r in runs)
     budget_arg = args.budget
     header = [f"Budget `{budget.name}`: {budget.note}. Data: `{args.data}`.",
               f"Command: `python -m minidet.study {study.name} --budget {budget_arg}"
@@ -224,8 +225,9 @@ def report(args, study: Study, budget: Budget, seeds: tuple[int, ...], records: 
               "flags (minidet/study/grids.py), `--seed S`, and the evaluation interval.",
               f"Hardware: {hardware}.",
               "Precision (`--amp auto`: bfloat16 autocast where the CPU has native bfloat16, else float32): "
-              + "; ".join(f"{p} ({n} runs)" for p, n in Counter(r.get("precision", "not recorded")
-                                                                  for r in runs).most_common()) + ".",
+              + "; ".join(f"{p} ({n} runs)" for p, n in precisions.most_common()) + "."
+              + (f" Compared pairs whose two runs differ in precision: "
+                 f"{'; '.join(mixed_precision_pairs(cells, selected)) or 'none'}." if len(precisions) > 1 else ""),
               f"Seeds {', '.join(map(str, sorted({*seeds, *(k[1] for k in selected)})))} (the convergence check: "
               f"the first {CHECK_SEEDS}); "
               f"{len(runs)} runs recorded"
