@@ -26,14 +26,13 @@ Mapping to the families (``fit_anchors``):
     holds at most one prior centre per axis (ATSS / FCOS positives need their centre inside the
     box) and a same-size gt half a stride off the anchor overlaps it by IoU < 0.4 (Max-IoU's
     negative threshold) — objects that small call for a larger ``--img-size``
-    (``suggest_img_size``), not smaller anchors; 2 x stride is also what the small preset
+    (``minidet.class_sizes.plan_img_size``), not smaller anchors; 2 x stride is also what the small preset
     tuned on the shapes data, 8 x stride ATSS's own size, the largest any default uses.
 - SSD keeps its default boxes (``build_model`` takes no prior-size option); their mean best IoU
   is reported.
 - YOLO v1 has no anchors (each grid cell predicts its boxes directly): nothing is fitted.
 
-``suggest_img_size`` proposes an image size from the object sizes (its docstring states the
-rule); ``fit_for_config`` applies the fit to a resolved training configuration.
+``fit_for_config`` applies the fit to a resolved training configuration.
 """
 
 from __future__ import annotations
@@ -44,10 +43,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .class_sizes import plan_img_size
 from .models.families import FAMILIES
 
 __all__ = ["box_sizes", "wh_iou", "mean_best_iou", "kmeans_iou", "anchor_shapes", "fit_anchors", "AnchorFit",
-           "suggest_img_size", "fit_for_config"]
+           "fit_for_config"]
 
 MAX_FIT_BOXES = 20_000  # a seeded subsample beyond this keeps the fit under a second
 RATIO_MERGE = 1.25
@@ -224,41 +224,15 @@ def fit_anchors(wh: np.ndarray, *, family: str = "retinanet", assigner: str = "m
     return fit
 
 
-def suggest_img_size(records: Sequence, *, stride: int = 8, min_side: float | None = None, percentile: float = 10,
-                     multiple: int = 32, min_size: int = 128, max_size: int = 1024) -> int:
-    """An image size (longer side, a multiple of ``multiple``) at which the ``percentile``-th
-    percentile object side sqrt(w h) reaches ``min_side`` px (default 2 x ``stride``, the model's
-    smallest stride: then about two prior centres fall inside such an object along each axis —
-    ATSS and FCOS only take priors whose centre lies inside the box). Boxes are measured
-    relative to their image's longer side, so the answer does not depend on the native size;
-    it is raised to ``min_size``, then capped by the images' own median longer side (rounded up
-    to ``multiple``: upsampling adds no detail) and by ``max_size``."""
-    min_side = 2 * stride if min_side is None else min_side
-    rel, longer = [], []
-    for r in records:
-        longer.append(max(r.width, r.height))
-        b = np.asarray(r.boxes, np.float64).reshape(-1, 4)
-        if len(b):
-            rel.append(np.sqrt(((b[:, 2:] - b[:, :2]).clip(0)).prod(1)) / max(r.width, r.height))
-    if not longer:
-        raise ValueError("suggest_img_size needs at least one image")
-    def up(x: float) -> int:
-        return int(math.ceil(x / multiple) * multiple)
-
-    cap = min(up(float(np.median(longer))), max_size)
-    rel = np.concatenate(rel) if rel else np.zeros(0)
-    rel = rel[rel > 0]
-    need = min_side / np.percentile(rel, percentile) if len(rel) else min_size
-    return min(up(max(need, min_size)), cap)
-
-
-def fit_for_config(cfg: dict, records: Sequence, preset: Mapping | None = None) -> str:
+def fit_for_config(cfg: dict, records: Sequence, preset: Mapping | None = None,
+                   class_names: Sequence[str] = ()) -> str:
     """``--anchors auto``: fit on the training ``records`` and store the fitted ``anchor_sizes`` /
     ``anchor_ratios`` in the resolved configuration ``cfg`` (only those left unset: given values
     stay), so that resume and evaluation rebuild the same model. ``preset``: the preset's own
     values for the family (``configuration.preset_values``), whose anchors are the default the
-    fit is compared with. -> the printable summary, with a hint when ``suggest_img_size``
-    proposes a larger ``--img-size``."""
+    fit is compared with. -> the printable summary, with a hint when ``--img-size auto``'s rule
+    (``minidet.class_sizes.plan_img_size`` over the records' ``class_names``, when given) picks a
+    larger size."""
     family, img_size = cfg["model"], int(cfg["img_size"])
     wh = box_sizes(records, img_size)
     if FAMILIES[family].anchors is None:
@@ -277,12 +251,12 @@ def fit_for_config(cfg: dict, records: Sequence, preset: Mapping | None = None) 
         if fit.anchor_ratios is not None:
             cfg["anchor_ratios"] = list(fit.anchor_ratios)
     text = fit.summary()
-    if len(wh):
+    if len(wh) and class_names:
         stride = FAMILIES[family].strides[0]
-        suggested = suggest_img_size(records, stride=stride)
-        if suggested > img_size:
+        plan = plan_img_size(records, class_names, stride=stride)
+        if plan.size > img_size:
             small = np.percentile(np.sqrt(wh.prod(1)), 10)
             text += (f"\nnote: 10% of the training boxes are under {small:.0f} px (sqrt(w h)) at --img-size {img_size}; "
-                     f"consider --img-size {suggested} (suggest_img_size: the 10th percentile at {2 * stride} px, 2 x the "
-                     f"smallest stride, within the images' own size)")
+                     f"consider --img-size {plan.size} (what --img-size auto picks: every class's median box and the "
+                     f"10th-percentile box at {2 * stride} px, 2 x the smallest stride, within {plan.cap_reason})")
     return text

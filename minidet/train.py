@@ -400,7 +400,7 @@ def build_training_model(args, train_set, resume: dict | None, world: int, plan:
     run only), SyncBatchNorm under DDP with ``--sync-bn``, and the ``--weights`` it fine-tunes.
     A self-balancing weighting's period defaults to one epoch of ``plan``."""
     if args.anchors == "auto" and resume is None:  # (a resumed run keeps its saved, fitted anchors)
-        summary = fit_for_config(vars(args), train_set.records, preset_values(vars(args)))
+        summary = fit_for_config(vars(args), train_set.records, preset_values(vars(args)), train_set.class_names)
         if is_main():
             print(summary)
     model = build_model(args.model, train_set.num_classes, backbone=args.backbone, pretrained=args.pretrained,

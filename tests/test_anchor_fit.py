@@ -1,6 +1,6 @@
 """--anchors auto: k-means (1 - IoU) recovers known box shapes, the RetinaNet mapping recovers
-known aspect ratios and covers the sizes, ATSS keeps its single square anchor, suggest_img_size
-follows its rule, and the configuration / training wiring stores the fit so that the run
+known aspect ratios and covers the sizes, ATSS keeps its single square anchor, the pooled
+image-size rule (tests/pooled_img_size.py) follows its definition, and the configuration / training wiring stores the fit so that the run
 rebuilds the same model."""
 
 from types import SimpleNamespace
@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from pooled_img_size import suggest_img_size
 
 from minidet.anchor_fit import (
     anchor_shapes,
@@ -16,7 +17,6 @@ from minidet.anchor_fit import (
     fit_for_config,
     kmeans_iou,
     mean_best_iou,
-    suggest_img_size,
 )
 from minidet.configuration import resolve
 from minidet.engine.checkpoint import load_checkpoint
@@ -103,6 +103,20 @@ def test_fit_for_config_fills_only_unset_anchor_options():
     assert text.startswith("anchors auto (retinanet)")
     cfg = {"model": "yolo", "img_size": 448, "preset": "small", "seed": 0}
     assert "no anchors" in fit_for_config(cfg, recs)
+
+
+def test_the_fit_hints_the_size_img_size_auto_would_pick():
+    """A rare small class (10% of the boxes, 20 px sides in 640 px images) and a common large one
+    (200 px): the pooled 10th percentile (182 px) needs no more than 128 px, the small class's
+    median needs 16 / (20 / 640) = 512 px to reach 2 x the stride 8. Trained at 256 the hint
+    names 512, the size --img-size auto picks."""
+    recs = [SimpleNamespace(width=640, height=640, boxes=np.array([[0, 0, s, s]], np.float32), labels=np.array([c]))
+            for c, s, n in ((0, 200, 90), (1, 20, 10)) for _ in range(n)]
+    cfg = {"model": "retinanet", "img_size": 256, "preset": "small", "assigner": "atss", "seed": 0,
+           "anchor_sizes": None, "anchor_ratios": None, "anchor_scales": None}
+    assert "consider --img-size 512 (what --img-size auto picks" in fit_for_config(cfg, recs, None, ["big", "small"])
+    cfg["img_size"] = 512
+    assert "consider --img-size" not in fit_for_config(cfg, recs, None, ["big", "small"])
 
 
 def test_configuration_defaults_auto_for_custom_data_only():

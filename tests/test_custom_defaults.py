@@ -41,7 +41,7 @@ def test_a_small_custom_run_gets_its_size_length_and_evaluations(tmp_path, monke
     run = tmp_path / "run"
     assert main(["--data", str(data), "--batch-size", "2", "--workers", "0", "--quiet", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    # suggest_img_size: the 10th-percentile box needs far more than 128 px -> 128, capped by the images'
+    # plan_img_size: the 10th-percentile box needs far more than 128 px -> 128, capped by the images'
     # own median longer side 48 rounded up to a multiple of 32 -> 64
     assert "img size auto: 64" in out
     # 12 epochs of 2 batches = 24 steps < 30 -> 30 steps: 15 epochs; evaluations every ceil(15 / 10) = 2

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 from coco_random import random_coco
+from pooled_img_size import suggest_img_size
 
-from minidet.anchor_fit import suggest_img_size
 from minidet.class_sizes import class_sizes, plan_img_size
 from minidet.data import build_dataset
 from minidet.data.check import main as check_main
