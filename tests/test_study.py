@@ -312,3 +312,31 @@ def test_a_pair_trained_at_two_precisions_is_named_in_the_header(quick_all, tmp_
     assert f"Compared pairs whose two runs differ in precision: {'; '.join(expected)}." in table
     # the committed rebuild of the same records, one precision: no such line
     assert "differ in precision" not in (root / "results" / "ranking" / "quick.md").read_text()
+
+
+@pytest.mark.parametrize("same_precision", [True, False])
+def test_runs_that_would_pair_across_precisions_wait_to_the_end(tmp_path, same_precision):
+    """The reference's seed-0 run is recorded. Trained at this machine's precision, the grid goes
+    seed by seed; trained at another, the runs compared with it (seed 0, its 2x check among them)
+    wait behind the others of their group: the convergence check first, then the grid."""
+    from minidet.study.__main__ import parse_args, plan, run_flags
+    from minidet.study.precision import precision_here
+
+    budget, study = BUILTIN["quick"], STUDIES["ranking"]
+    cells = study.cells(budget.alwa_intervals)
+    ref = next(c for c in cells if c.name == study.reference)
+    flags = run_flags(budget, study, ref, 0, "shapes", "cpu")
+    here = precision_here(flags)
+    other = here if same_precision else ("float32" if here != "float32" else "bf16 autocast")
+    records = {"ranking": {(ref.name, 0): {"flags": flags, "precision": other, "iterations": 6}}}
+    args = parse_args(["ranking", "--budget", "quick", "--work", str(tmp_path / "work"), "--results",
+                       str(tmp_path / "results")])
+    args.data, args.tag = "shapes", "quick"
+    jobs = list(plan(args, [study], budget, (0, 1), records).values())
+    check = [j for j in jobs if any(c.schedule == 2 or c.name == ref.name for _, c, _ in j.users)]
+    twice = f"{ref.name} (2x schedule)"
+    assert [(c.name, s) for j in check for _, c, s in j.users] == (
+        [(twice, 0), (twice, 1), (ref.name, 1)] if same_precision else [(twice, 1), (ref.name, 1), (twice, 0)])
+    grid = [c.name for c in cells if c.schedule == 1 and c.name != ref.name]
+    seeds = (0, 1) if same_precision else (1, 0)
+    assert [(c.name, s) for j in jobs if j not in check for _, c, s in j.users] == [(n, s) for s in seeds for n in grid]

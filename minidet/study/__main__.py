@@ -12,7 +12,9 @@ study that needs them; a finished run is appended to <results>/<study>/<tag>_run
 study killed at any moment continues where it stopped when the same command runs again. Each
 study writes <tag>.md / .csv (mean ± std, the paired ΔAP to the reference cell with its 95%
 t-interval, the verdict, the paper's direction), <tag>_ap.png, <tag>_curves.png, and a
-convergence check: the reference cell at twice the schedule.
+convergence check: the reference cell at twice the schedule. Runs go seed by seed, the check
+first; a run whose compared run (same seed) trained at another precision than this machine's
+(--amp auto: bfloat16 or float32, minidet/study/precision.py) goes last.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from ..cli import HelpFormatter
 from .budgets import Budget, BudgetError, load_budget
 from .grids import COMMON, STUDIES, Cell, Study
 from .pool import BUSY, StudyPool
+from .precision import crosses_precision, mixed_precision_pairs, precision_here
 from .records import load_records, record_once, run_key
-from .report import mixed_precision_pairs, write_report
+from .report import write_report
 
 CHECK_SEEDS = 2  # seeds of the convergence check
 
@@ -42,6 +45,7 @@ class Job:
     run_dir: Path
     flags: list[str]
     users: list[tuple[str, Cell, int]] = field(default_factory=list)
+    crosses: bool = False  # a run it is compared with trained at another precision than this machine's
 
 
 def data_tag(budget: Budget, data: str) -> str:
@@ -88,7 +92,8 @@ def _named(cell: Cell, texts: list[str]) -> bool:
 
 def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], records: dict) -> dict[Path, Job]:
     """Every run still missing from the record files, seed by seed (so a stopped study has whole
-    seeds), the same run folder once."""
+    seeds), the same run folder once; the runs that would pair across precisions last
+    (minidet.study.precision)."""
     jobs: dict[Path, Job] = {}
     known = recorded_runs(args, budget)
     tag_dir = args.work / budget.name / ("shapes" if args.data == "shapes" else Path(args.data).stem)
@@ -114,13 +119,16 @@ def plan(args, studies: list[Study], budget: Budget, seeds: tuple[int, ...], rec
                 if adopt_recorded(args, budget, known, study.name, cell, seed, flags, records):
                     continue
                 run_dir = tag_dir / f"{run_key(flags)}-seed{seed}"
-                jobs.setdefault(run_dir, Job(run_dir, flags)).users.append((study.name, cell, seed))
+                job = jobs.setdefault(run_dir, Job(run_dir, flags))
+                job.users.append((study.name, cell, seed))
+                job.crosses |= crosses_precision(cell, seed, cells, records[study.name],
+                                                 precision_here(flags, run_dir))
     # the convergence check first (the reference at 1x and 2x): it says whether the tables can be trusted;
     # its 2x runs before its 1x runs, so that runs side by side end together
-    def order(job: Job) -> tuple[bool, int]:
+    def order(job: Job) -> tuple[bool, bool, int]:
         in_check = any(c.schedule != 1 or (c.name == STUDIES[name].reference and seed in seeds[:CHECK_SEEDS])
                        for name, c, seed in job.users)
-        return not in_check, (-max(c.schedule for _, c, _ in job.users) if in_check else 0)
+        return not in_check, job.crosses, (-max(c.schedule for _, c, _ in job.users) if in_check else 0)
 
     return dict(sorted(jobs.items(), key=lambda item: order(item[1])))
 
@@ -191,6 +199,9 @@ def train_missing(args, studies: list[Study], budget: Budget, seeds: tuple[int, 
         if not todo:
             continue
         print(f"== {len(todo)} runs to train, {args.jobs} at a time (run folders under {args.work})", flush=True)
+        if crossing := sum(j.crosses for j in todo):
+            print(f"   {crossing} of them last: a run each is compared with trained at another precision than "
+                  f"this machine's {precision_here(todo[0].flags)} (another machine may pair them cleanly)", flush=True)
         progress, pool = Progress(len(todo)), StudyPool(args.jobs)
         try:
             running = {pool.submit(j.run_dir, j.flags): j for j in todo}

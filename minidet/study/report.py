@@ -19,7 +19,7 @@ from ..diagnostics import WindowStats
 from .grids import Cell
 from .stats import Interval, direction_agreement, mean_interval, verdict
 
-__all__ = ["aggregate", "convergence", "markdown", "mixed_precision_pairs", "write_report", "CONVERGED_RATIO"]
+__all__ = ["aggregate", "convergence", "markdown", "write_report", "CONVERGED_RATIO"]
 
 CONVERGED_RATIO = 0.95
 METRICS = ("AP", "AP50", "AP75", "AP90", "oLRP")
@@ -71,22 +71,6 @@ def _paired_diff(runs: list[tuple[int, dict]], records: dict, other: str) -> Int
     """AP of ``runs`` minus AP of cell ``other`` with the same seed: the paired interval."""
     ref = dict(_runs(records, other))
     return mean_interval([r["metrics"]["AP"] - ref[s]["metrics"]["AP"] for s, r in runs if s in ref])
-
-
-def mixed_precision_pairs(cells: list[Cell], records: dict[tuple[str, int], dict]) -> list[str]:
-    """The compared pairs (a cell and its reference or the cell its paper row is judged against,
-    same seed) whose two runs trained at different precisions: their ΔAP holds the precision's
-    effect too. As "cell vs other, seed S"."""
-    def precision(run: dict) -> str:
-        return run.get("precision", "not recorded").split(" (")[0]  # "(inferred from the machine)"
-
-    pairs = []
-    for cell in cells:
-        for other in dict.fromkeys((cell.ref, cell.paper.versus if cell.paper else None)):
-            ref = dict(_runs(records, other)) if other and other != cell.name else {}
-            pairs += [f"{cell.name} vs {other}, seed {s}" for s, run in _runs(records, cell.name)
-                      if s in ref and precision(run) != precision(ref[s])]
-    return pairs
 
 
 def _pending(diff: Interval) -> str | None:
