@@ -18,7 +18,7 @@ import yaml
 
 from .grids import Cell
 
-__all__ = ["record_precision", "precision_here", "compared_cells", "mixed_precision_pairs", "crosses_precision"]
+__all__ = ["record_precision", "precision_text", "precision_here", "compared_cells", "mixed_precision_pairs", "crosses_precision"]
 
 
 def record_precision(run: dict) -> str:
@@ -26,7 +26,8 @@ def record_precision(run: dict) -> str:
     return run.get("precision", "not recorded").split(" (")[0]
 
 
-def _as_record(amp: str | None) -> str:
+def precision_text(amp: str | None) -> str:
+    """A resolved ``--amp`` ("bf16", "fp16", "off") as a record states it."""
     return "float32" if amp in (None, "off") else f"{amp} autocast"
 
 
@@ -35,14 +36,14 @@ def precision_here(flags: list[str], run_dir: Path | None = None) -> str:
     run folder's saved configuration once it has started, else the resolved ``--amp``."""
     saved = run_dir / "config.yaml" if run_dir is not None else None
     if saved is not None and saved.is_file():
-        return _as_record((yaml.safe_load(saved.read_text()) or {}).get("amp"))
+        return precision_text((yaml.safe_load(saved.read_text()) or {}).get("amp"))
     from ..configuration import resolve
     from ..engine.precision import resolve_amp
     from ..train import build_parser
 
     cfg = resolve({k: v for k, v in vars(build_parser().parse_args(flags)).items() if k != "config"})
     device = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")  # as the trainer picks it
-    return _as_record(resolve_amp(cfg["amp"], torch.device(device)))
+    return precision_text(resolve_amp(cfg["amp"], torch.device(device)))
 
 
 def compared_cells(cell: Cell, cells: list[Cell]) -> set[str]:

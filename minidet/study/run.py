@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from ..run_records import last_per_key
+from .precision import precision_text
 
 __all__ = ["run_cell", "summarise", "hardware"]
 
@@ -63,7 +64,7 @@ def summarise(run_dir: Path, flags: list[str], device: str = "cpu") -> dict:
     return {
         "flags": flags,
         "hardware": hardware(device),
-        "precision": "float32" if amp in (None, "off") else f"{amp} autocast",
+        "precision": precision_text(amp),
         "minutes": summary["minutes"],
         "iterations": summary["iterations"],
         "metrics": {"AP": coco["AP"], "AP50": coco["AP50"], "AP75": coco["AP75"], "AP90": per_iou["0.90"],
