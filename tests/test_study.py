@@ -340,3 +340,13 @@ def test_runs_that_would_pair_across_precisions_wait_to_the_end(tmp_path, same_p
     grid = [c.name for c in cells if c.schedule == 1 and c.name != ref.name]
     seeds = (0, 1) if same_precision else (1, 0)
     assert [(c.name, s) for j in jobs if j not in check for _, c, s in j.users] == [(n, s) for s in seeds for n in grid]
+
+
+def test_the_time_left_counts_each_runs_whole_training_time():
+    """Two resumed runs that finish minutes after the start took 70 and 74 min of training in all:
+    the four runs left, two at a time, take about 72 x 4 / 2 = 144 min, not the minutes since the start."""
+    from minidet.study.__main__ import Progress
+
+    progress = Progress(6, jobs=2)
+    assert progress.line(70.0) == "[1/6 runs, 0.0 min, about 175 min left]"  # 70 x 5 / 2
+    assert progress.line(74.0) == "[2/6 runs, 0.0 min, about 144 min left]"

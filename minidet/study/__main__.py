@@ -73,16 +73,18 @@ def run_flags(budget: Budget, study: Study, cell: Cell, seed: int, data: str, de
 
 
 class Progress:
-    """Runs done / total and the time left, from the mean wall clock per finished run so far."""
+    """Runs done / total and the time left: the mean training minutes of the runs finished so far
+    (each run's whole wall clock, the parts before a resume included: a resumed run ending soon
+    after the start says nothing about the runs still to come) per run left, ``jobs`` at a time."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+    def __init__(self, total: int, jobs: int = 1) -> None:
+        self.total, self.jobs, self.minutes, self.t0 = total, jobs, [], time.perf_counter()
 
-    def line(self) -> str:
-        self.done += 1
-        elapsed = time.perf_counter() - self.t0
-        left = elapsed / self.done * (self.total - self.done)
-        return f"[{self.done}/{self.total} runs, {elapsed / 60:.1f} min, about {left / 60:.0f} min left]"
+    def line(self, run_minutes: float) -> str:
+        self.minutes.append(run_minutes)
+        done, elapsed = len(self.minutes), (time.perf_counter() - self.t0) / 60
+        left = sum(self.minutes) / done * (self.total - done) / self.jobs
+        return f"[{done}/{self.total} runs, {elapsed:.1f} min, about {left:.0f} min left]"
 
 
 def _named(cell: Cell, texts: list[str]) -> bool:
@@ -178,7 +180,7 @@ def collect(job: Job, rc: int, args, budget: Budget, records: dict, progress: Pr
         record_once(results_dir(args, budget) / study / f"{args.tag}_runs.jsonl", cell.name, seed, kept)
         records[study][(cell.name, seed)] = kept
     m = rec["metrics"]
-    where = progress.line() if progress else "[trained before]"
+    where = progress.line(rec["minutes"]) if progress else "[trained before]"
     print(f"   {where} {names}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} ({rec['minutes']:.1f} min train)", flush=True)
     return True
 
@@ -202,7 +204,7 @@ def train_missing(args, studies: list[Study], budget: Budget, seeds: tuple[int, 
         if crossing := sum(j.crosses for j in todo):
             print(f"   {crossing} of them last: a run each is compared with trained at another precision than "
                   f"this machine's {precision_here(todo[0].flags)} (another machine may pair them cleanly)", flush=True)
-        progress, pool = Progress(len(todo)), StudyPool(args.jobs)
+        progress, pool = Progress(len(todo), min(args.jobs, len(todo))), StudyPool(args.jobs)
         try:
             running = {pool.submit(j.run_dir, j.flags): j for j in todo}
             while running:
